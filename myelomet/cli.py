@@ -1,0 +1,105 @@
+"""The `myelomet` command line: a thin layer that parses arguments, loads params.yaml
+once and calls one component per command. Heavy imports happen inside each command so
+that `myelomet --help` stays fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from components.config import Config, load_config
+
+Command = Callable[[argparse.Namespace, Config], int]
+
+
+def _synthesize(args: argparse.Namespace, cfg: Config) -> int:
+    from components.synthetic import synthesize_cohort
+
+    out = Path(args.out) if args.out else cfg.path(cfg.synthetic.out)
+    summary = synthesize_cohort(cfg.synthetic, cfg.classes, out)
+    print(f"synthesized {summary.n_patients} patients, {summary.n_slices} slices into {out}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace, cfg: Config) -> int:
+    from components.deid import load_key
+    from components.ingest import ingest
+
+    root = Path(args.dicom_root) if args.dicom_root else cfg.path(cfg.data.dicom_root)
+    out = Path(args.out) if args.out else cfg.path(cfg.ingest.out)
+    labels = args.labels_csv or cfg.data.labels_csv
+    key = load_key(cfg.ingest.key_env, cfg.path(cfg.ingest.key_file))
+    summary = ingest(root, out, cfg.classes, key, labels_csv=cfg.path(labels) if labels else None)
+    for path, reason in summary.rejected_paths:
+        print(f"rejected {path}: {reason}", file=sys.stderr)
+    print(
+        f"ingested {summary.n_slices} slices of {summary.n_patients} patients into {out}; "
+        f"{summary.n_rejects} files rejected (see {out / 'rejects.csv'})"
+    )
+    return 0
+
+
+def _split(args: argparse.Namespace, cfg: Config) -> int:
+    import pandas as pd
+
+    from components.split import split_manifest
+
+    manifest_path = cfg.path(cfg.ingest.out) / "manifest.csv"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: no manifest; run `myelomet ingest` first")
+    manifest = pd.read_csv(manifest_path)
+    mode = args.mode or cfg.split.mode
+    split = split_manifest(manifest, cfg.split.fractions(), cfg.split.seed, mode)
+    out = cfg.path(cfg.split.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    split.to_csv(out, index=False)
+    table = split.groupby(["split", "label"]).agg(
+        patients=("patient", "nunique"), slices=("image_id", "size")
+    )
+    print(f"{mode}-level split written to {out}\n{table.to_string()}")
+    return 0
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="myelomet",
+        description="Multiple myeloma vs osteolytic bone metastasis on spinal CT.",
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: ./params.yaml)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synthesize", help="write the synthetic demo cohort as CT DICOM files")
+    p.add_argument("--out", help="output root (default: params synthetic.out)")
+    p.set_defaults(run=_synthesize)
+
+    p = sub.add_parser("ingest", help="DICOM folders -> de-identified HU slices, manifest, rejects")
+    p.add_argument(
+        "--dicom-root", help="raw root <CLASS>/<patient>/** (default: params data.dicom_root)"
+    )
+    p.add_argument("--out", help="output folder (default: params ingest.out)")
+    p.add_argument("--labels-csv", help="CSV patient_id,label keyed by DICOM PatientID")
+    p.set_defaults(run=_ingest)
+
+    p = sub.add_parser("split", help="patient-level stratified train/val/test split")
+    p.add_argument("--mode", choices=["patient", "image"], help="default: params split.mode")
+    p.set_defaults(run=_split)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `myelomet` console script."""
+    args = _build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.params)
+        return args.run(args, cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"myelomet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
