@@ -104,6 +104,93 @@ class SplitConfig(_Frozen):
         return {"train": self.train, "val": self.val, "test": self.test}
 
 
+class ValidationConfig(_Frozen):
+    """Thresholds of the Great Expectations suites (myelomet validate)."""
+
+    min_patients_per_class: int = Field(3, ge=1)
+    min_class_fraction: float = Field(0.2, gt=0, lt=0.5)
+    min_side: int = Field(64, ge=1)
+    max_side: int = Field(2048, ge=1)
+    pixel_spacing_mm: tuple[float, float] = (0.1, 5.0)
+    slice_thickness_mm: tuple[float, float] = (0.3, 10.0)
+    bone_hu: float = 300.0
+    bone_fraction: tuple[float, float] = (0.005, 0.8)
+    split_tolerance: float = Field(0.1, gt=0, lt=1)
+    docs_out: str = "reports/validation"
+    summary_out: str = "reports/validation.json"
+
+
+BACKBONES = (
+    "DenseNet121",
+    "DenseNet169",
+    "EfficientNetB0",
+    "MobileNet",
+    "MobileNetV2",
+    "VGG16",
+    "Xception",
+)
+
+
+class TrainingConfig(_Frozen):
+    """Fine-tuning of the backbones (myelomet train)."""
+
+    backbones: tuple[str, ...] = BACKBONES
+    image_size: int | None = Field(None, ge=32)
+    batch_size: int = Field(16, ge=1)
+    epochs: int = Field(100, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    head_units: tuple[int, ...] = (512, 256)
+    patience: int = Field(10, ge=1)
+    finetune_epochs: int = Field(0, ge=0)
+    finetune_fraction: float = Field(0.2, gt=0, le=1)
+    finetune_learning_rate: float = Field(1e-5, gt=0)
+    scratch_learning_rate: float = Field(1e-3, gt=0)
+    augment_rotation_deg: float = Field(10.0, ge=0)
+    augment_intensity: float = Field(0.1, ge=0)
+    weights: Literal["imagenet", "none"] = "imagenet"
+    require_pretrained: bool = False
+    weights_dir: str | None = None
+    weights_dir_env: str = "MYELOMET_WEIGHTS_DIR"
+    mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto"
+    xla: Literal["auto", "on", "off"] = "auto"
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    max_parallel: int | None = Field(None, ge=1)
+    retries: int = Field(1, ge=0)
+    models_out: str = "models"
+    cache_dir: str = "data/features"
+
+    @model_validator(mode="after")
+    def _known_backbones(self) -> TrainingConfig:
+        unknown = sorted(set(self.backbones) - set(BACKBONES))
+        if unknown:
+            raise ValueError(f"training.backbones has unknown names {unknown}; known: {BACKBONES}")
+        return self
+
+
+class TrackingConfig(_Frozen):
+    """Where MLflow writes; MLFLOW_TRACKING_URI, when set, wins over uri."""
+
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    artifacts: str = "mlruns/artifacts"
+    experiment: str = "myelomet"
+
+
+class EvaluationConfig(_Frozen):
+    """Metrics, confidence intervals, selection and promotion (myelomet evaluate)."""
+
+    n_bootstrap: int = Field(1000, ge=10)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    select_metric: str = "patient_auc"
+    ensemble_top_k: int = Field(3, ge=0)
+    calibration_bins: int = Field(10, ge=2)
+    gradcam_per_class: int = Field(3, ge=0)
+    registered_model: str = "myelomet"
+    min_improvement: float = Field(0.0, ge=0)
+    reports_out: str = "reports"
+
+
 class Config(_Frozen):
     root: Path
     classes: tuple[str, ...] = ("MM", "OMBT")
@@ -113,6 +200,10 @@ class Config(_Frozen):
     ingest: IngestConfig = IngestConfig()
     input: InputConfig = InputConfig()
     split: SplitConfig = SplitConfig()
+    validation: ValidationConfig = ValidationConfig()
+    training: TrainingConfig = TrainingConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     @model_validator(mode="after")
     def _classes_valid(self) -> Config:

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from components.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_repository_params_parse_and_resolve_paths_from_root():
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.root == REPO
+    assert cfg.path(cfg.split.out) == REPO / "data/splits/split.csv"
+    assert cfg.positive_class in cfg.classes
+
+
+def _write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"split": {"train": 0.7, "val": 0.2, "test": 0.2}}, "sum to 1"),
+        ({"positive_class": "XX"}, "positive_class"),
+        ({"input": {"mode": "grey", "grey_window": "lung"}}, "grey_window"),
+        ({"synthetic": {"slices_min": 9, "slices_max": 3}}, "slices_min"),
+        ({"splitt": {}}, "splitt"),
+    ],
+)
+def test_bad_params_fail_with_a_message_naming_the_key(tmp_path, data, message):
+    with pytest.raises(ValidationError, match=message):
+        load_config(_write(tmp_path, data))
+
+
+def test_missing_params_file_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--params"):
+        load_config(tmp_path / "nope.yaml")
