@@ -34,6 +34,8 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
     summary = ingest(root, out, cfg.classes, key, labels_csv=cfg.path(labels) if labels else None)
     for path, reason in summary.rejected_paths:
         print(f"rejected {path}: {reason}", file=sys.stderr)
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"ingested {summary.n_slices} slices of {summary.n_patients} patients into {out}; "
         f"{summary.n_rejects} files rejected (see {out / 'rejects.csv'})"

@@ -1,0 +1,124 @@
+"""De-identification: the pseudonymisation key and keyed pseudonyms.
+
+Pseudonyms are HMAC-SHA256 of a value under a secret key, so the same key always maps the
+same PatientID (or UID, or file name) to the same short hex string, and nobody without the
+key can test a guessed MRN against it. Keep the key to keep pseudonyms stable across runs;
+a new key gives every patient and image a new name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import stat
+import string
+import warnings
+from pathlib import Path
+
+MIN_KEY_BYTES = 16
+_HEX = frozenset(string.hexdigits)
+
+
+def parse_key(text: str, origin: str) -> bytes:
+    """Turn key text into key bytes.
+
+    Text made only of an even number of hex digits is decoded as hex (what `load_key`
+    writes); any other text is used as its UTF-8 bytes, so a passphrase works too.
+
+    Args:
+        text: the key as written in the variable or file; surrounding whitespace is ignored.
+        origin: where the text came from, for the error message.
+
+    Returns:
+        The key bytes.
+
+    Raises:
+        ValueError: the key is shorter than 16 bytes.
+    """
+    text = text.strip()
+    if text and len(text) % 2 == 0 and set(text) <= _HEX:
+        key = bytes.fromhex(text)
+    else:
+        key = text.encode("utf-8")
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(
+            f"{origin}: the de-identification key is {len(key)} bytes, at least "
+            f"{MIN_KEY_BYTES} are needed; make one with "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`"
+        )
+    return key
+
+
+def load_key(env_var: str, key_file: Path) -> bytes:
+    """Return the pseudonymisation key, creating a key file on first use.
+
+    Order: the environment variable `env_var` if set and non-empty (hex, or any passphrase
+    of at least 16 bytes, see `parse_key`); else the contents of `key_file`; else a new
+    random 32-byte key written to `key_file` as hex, with mode 0600 (parent folders created).
+
+    Args:
+        env_var: name of the environment variable that may hold the key.
+        key_file: file that holds the key as hex.
+
+    Returns:
+        The key bytes.
+
+    Raises:
+        ValueError: the key in the variable or file is too short.
+        OSError: the key file can't be read or created.
+    """
+    from_env = os.environ.get(env_var, "")
+    if from_env.strip():
+        return parse_key(from_env, f"environment variable {env_var}")
+
+    key_file = Path(key_file)
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        text = secrets.token_hex(32)
+        try:
+            # O_EXCL: two processes starting at once must not each write their own key.
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                os.fchmod(f.fileno(), 0o600)  # the umask could have cleared bits, never added
+                f.write(text + "\n")
+            return bytes.fromhex(text)
+
+    mode = stat.S_IMODE(key_file.stat().st_mode)
+    if mode & 0o077:
+        warnings.warn(
+            f"{key_file}: the de-identification key is readable by other users "
+            f"(mode {mode:o}); run `chmod 600 {key_file}`",
+            stacklevel=2,
+        )
+    return parse_key(key_file.read_text(), str(key_file))
+
+
+def pseudonym(key: bytes, value: str, prefix: str, length: int = 12) -> str:
+    """Keyed pseudonym of `value`: `<prefix>-<first length hex digits of HMAC-SHA256>`.
+
+    The prefix is part of the MAC input, so the same value under two prefixes gives two
+    unrelated pseudonyms.
+
+    Args:
+        key: the secret key (see `load_key`).
+        value: the identifying value, e.g. a PatientID.
+        prefix: short tag of what the value is, e.g. `pt` for patients.
+        length: hex digits kept, 1 to 64.
+
+    Returns:
+        The pseudonym, e.g. `pt-3fa2c1d09b1e`.
+
+    Raises:
+        ValueError: empty key or length out of range.
+    """
+    if not key:
+        raise ValueError("pseudonym needs a non-empty key; get one with load_key()")
+    if not 1 <= length <= 64:
+        raise ValueError(f"pseudonym length must be 1 to 64 hex digits, got {length}")
+    mac = hmac.new(key, f"{prefix}\x1f{value}".encode(), hashlib.sha256).hexdigest()
+    return f"{prefix}-{mac[:length]}"

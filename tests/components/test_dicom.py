@@ -1,0 +1,149 @@
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut
+from pydicom.pixels.decoders.base import get_decoder
+from pydicom.uid import JPEG2000Lossless
+
+from components.dicom import FRAME_COLUMNS, DicomRejected, RejectReason, read_ct
+from tests import dicom_factory as factory
+
+DECODED = [
+    factory.write_plain,
+    factory.write_rle,
+    factory.write_jpeg2000,
+    factory.write_jpeg_lossless,
+    factory.write_big_endian,
+    factory.write_no_meta,
+]
+
+
+@pytest.mark.parametrize("writer", DECODED, ids=lambda w: w.__name__.removeprefix("write_"))
+def test_each_encoding_decodes_to_the_modality_lut_hu(tmp_path, writer):
+    written = writer(tmp_path / "slice", slope=2.0, intercept=-1024.0)
+    image = read_ct(written.path)
+    assert image.hu.dtype == np.int16
+    assert image.hu.shape == (1, 64, 64)
+    np.testing.assert_array_equal(image.hu, written.hu)
+    # written.hu is pydicom's modality LUT of the values before encoding; the file agrees too.
+    ds = pydicom.dcmread(written.path, force=True)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    lut = np.rint(apply_modality_lut(ds.pixel_array, ds))
+    np.testing.assert_array_equal(image.hu[0], lut)
+
+
+def test_jpegls_decodes_to_the_modality_lut_hu(tmp_path):
+    if factory.jpegls_source() is None:
+        pytest.skip("no JPEG-LS encoder installed and pydicom's JPEG-LS test file is missing")
+    written = factory.write_jpegls(tmp_path / "slice.dcm", slope=1.0, intercept=-1024.0)
+    image = read_ct(written.path)
+    assert image.frames[0]["transfer_syntax"] == "JPEGLSLossless"
+    np.testing.assert_array_equal(image.hu, written.hu)
+
+
+def test_fractional_rescale_rounds_to_nearest_hu(tmp_path):
+    written = factory.write_plain(tmp_path / "a.dcm", slope=0.5, intercept=-1000.25)
+    image = read_ct(written.path)
+    exact = apply_modality_lut(written.pixels, written.ds)
+    assert not np.array_equal(exact, np.rint(exact))  # the case is really fractional
+    np.testing.assert_array_equal(image.hu, np.rint(exact).astype(np.int16))
+
+
+def test_reads_from_bytes(tmp_path):
+    written = factory.write_rle(tmp_path / "a.dcm")
+    image = read_ct(written.path.read_bytes())
+    np.testing.assert_array_equal(image.hu, written.hu)
+
+
+def test_multiframe_gives_one_slice_per_frame(tmp_path):
+    written = factory.write_multiframe(tmp_path / "mf.dcm", frames=4)
+    image = read_ct(written.path)
+    assert image.hu.shape == (4, 64, 64)
+    np.testing.assert_array_equal(image.hu, written.hu)
+    assert [f["frame"] for f in image.frames] == [0, 1, 2, 3]
+    assert all(f["n_frames"] == 4 for f in image.frames)
+
+
+def test_enhanced_ct_uses_per_frame_rescale_and_shared_geometry(tmp_path):
+    written = factory.write_enhanced_ct(tmp_path / "enh.dcm", intercepts=(-1024.0, -1000.0, -900.0))
+    image = read_ct(written.path)
+    np.testing.assert_array_equal(image.hu, written.hu)
+    assert [f["rescale_intercept"] for f in image.frames] == [-1024.0, -1000.0, -900.0]
+    assert [f["position_z"] for f in image.frames] == [10.0, 12.0, 14.0]
+    assert image.frames[0]["pixel_spacing_row"] == 0.6
+    assert image.frames[0]["slice_thickness"] == 2.0
+    assert image.frames[0]["sop_class"] == "Enhanced CT Image Storage"
+
+
+def test_frame_attributes_are_complete_and_identifiers_kept_apart(tmp_path):
+    written = factory.write_plain(tmp_path / "a.dcm")
+    image = read_ct(written.path)
+    frame = image.frames[0]
+    assert tuple(frame) == FRAME_COLUMNS
+    assert frame["pixel_spacing_row"] == 0.7 and frame["pixel_spacing_col"] == 0.8
+    assert frame["kernel"] == "B70f" and frame["kvp"] == 120.0
+    assert frame["hu_source"] == "rescale"
+    assert frame["hu_min"] == int(written.hu.min()) and frame["hu_max"] == int(written.hu.max())
+    assert image.patient_id == written.ds.PatientID
+    assert image.sop_instance_uid == written.ds.SOPInstanceUID
+    text = repr(image) + repr(image.frames)
+    for phi in factory.phi_strings(written.ds):
+        assert phi not in text
+
+
+@pytest.mark.parametrize(
+    ("writer", "reason"),
+    [
+        (factory.write_mr, RejectReason.MODALITY_NOT_CT),
+        (factory.write_rgb, RejectReason.COLOUR_IMAGE),
+        (factory.write_no_pixel_data, RejectReason.NO_PIXEL_DATA),
+        (factory.write_truncated, RejectReason.TRUNCATED),
+        (factory.write_unsupported_syntax, RejectReason.UNSUPPORTED_TRANSFER_SYNTAX),
+    ],
+    ids=lambda v: getattr(v, "__name__", str(v)),
+)
+def test_bad_files_are_rejected_with_their_reason(tmp_path, writer, reason):
+    written = writer(tmp_path / "bad.dcm")
+    with pytest.raises(DicomRejected) as caught:
+        read_ct(written.path)
+    assert caught.value.reason == reason
+    assert caught.value.detail
+    for phi in factory.phi_strings(written.ds):
+        assert phi not in caught.value.detail
+
+
+@pytest.mark.parametrize("content", [b"", b"just some notes\n" * 20, bytes(range(256)) * 8])
+def test_non_dicom_is_not_dicom(tmp_path, content):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(content)
+    with pytest.raises(DicomRejected) as caught:
+        read_ct(path)
+    assert caught.value.reason == RejectReason.NOT_DICOM
+
+
+def test_truncation_anywhere_after_the_header_is_never_accepted(tmp_path):
+    data = factory.write_plain(tmp_path / "a.dcm").path.read_bytes()
+    for cut in range(132, len(data), 97):
+        with pytest.raises(DicomRejected) as caught:
+            read_ct(data[:cut])
+        assert caught.value.reason in (RejectReason.TRUNCATED, RejectReason.NO_PIXEL_DATA), cut
+
+
+def test_missing_decoder_plugin_names_the_package(tmp_path, monkeypatch):
+    written = factory.write_jpeg2000(tmp_path / "j2k.dcm")
+    decoder = get_decoder(JPEG2000Lossless)
+    monkeypatch.setattr(decoder, "_available", {})
+    monkeypatch.setattr(decoder, "_unavailable", {"pylibjpeg": ("pylibjpeg-openjpeg>=2.0",)})
+    with pytest.raises(DicomRejected) as caught:
+        read_ct(written.path)
+    assert caught.value.reason == RejectReason.UNSUPPORTED_TRANSFER_SYNTAX
+    assert "pip install pylibjpeg pylibjpeg-openjpeg" in caught.value.detail
+
+
+def test_unknown_syntax_detail_says_how_to_convert(tmp_path):
+    written = factory.write_unsupported_syntax(tmp_path / "jxl.dcm")
+    with pytest.raises(DicomRejected) as caught:
+        read_ct(written.path)
+    assert "JPEG XL" in caught.value.detail
+    assert "gdcmconv" in caught.value.detail

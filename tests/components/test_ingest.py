@@ -1,0 +1,314 @@
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.dicom import FRAME_COLUMNS
+from components.ingest import (
+    MANIFEST_COLUMNS,
+    REJECT_COLUMNS,
+    NoUsableDataError,
+    ingest,
+)
+from tests import dicom_factory as factory
+
+KEY = bytes.fromhex("5a" * 32)
+CLASSES = ("MM", "OMBT")
+MM_PHI = factory.Phi()
+OMBT_PHI = factory.Phi(
+    patient_name="Roe^Richard^Alan",
+    patient_id="MRN-5550001",
+    birth_date="19470923",
+    accession="ACC11223344",
+)
+MM_FOLDER = "Doe_Jane_MRN8837261"
+OMBT_FOLDER = "Roe_Richard_MRN5550001"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _reasons(out: Path) -> dict[str, str]:
+    """rejects.csv as {source file pseudonym: reason}."""
+    return {
+        row["source"].rsplit("/", 1)[-1]: row["reason"] for row in _read_csv(out / "rejects.csv")
+    }
+
+
+def _cohort(root: Path) -> dict[str, factory.Written]:
+    """Two patients: every good encoding and every kind of bad file, with PHI in the names."""
+    mm = root / "MM" / MM_FOLDER / "CT_SPINE_20240117"
+    ombt = root / "OMBT" / OMBT_FOLDER
+    written = {
+        "plain": factory.write_plain(mm / "IMG_MRN8837261_0001.dcm", phi=MM_PHI, seed=1),
+        "rle": factory.write_rle(mm / "IMG_MRN8837261_0002.dcm", phi=MM_PHI, seed=2),
+        "j2k": factory.write_jpeg2000(mm / "IMG_MRN8837261_0003", phi=MM_PHI, seed=3),
+        "jpeg_lossless": factory.write_jpeg_lossless(mm / "0004.DCM", phi=MM_PHI, seed=4),
+        "big_endian": factory.write_big_endian(mm / "sub" / "0005", phi=MM_PHI, seed=5),
+        "no_meta": factory.write_no_meta(mm / "sub" / "deeper" / "0006.ima", phi=MM_PHI, seed=6),
+        "multiframe": factory.write_multiframe(mm / "0007.dcm", frames=3, phi=MM_PHI, seed=7),
+        "mr": factory.write_mr(mm / "0008.dcm", phi=MM_PHI),
+        "rgb": factory.write_rgb(mm / "0009.dcm", phi=MM_PHI),
+        "no_pixels": factory.write_no_pixel_data(mm / "0010.dcm", phi=MM_PHI),
+        "truncated": factory.write_truncated(mm / "0011.dcm", phi=MM_PHI),
+        "unsupported": factory.write_unsupported_syntax(mm / "0012.dcm", phi=MM_PHI),
+        "ombt_plain": factory.write_plain(ombt / "Roe_0001.dcm", phi=OMBT_PHI, seed=8),
+        "ombt_enhanced": factory.write_enhanced_ct(ombt / "Roe_0002.dcm", phi=OMBT_PHI, seed=9),
+    }
+    if factory.jpegls_source() is not None:
+        written["jpegls"] = factory.write_jpegls(ombt / "Roe_0003.dcm", phi=OMBT_PHI)
+    factory.write_not_dicom(mm / "Doe_Jane_notes.txt")
+    return written
+
+
+GOOD = ("plain", "rle", "j2k", "jpeg_lossless", "big_endian", "no_meta", "multiframe")
+BAD = {
+    "mr": "modality_not_ct",
+    "rgb": "colour_image",
+    "no_pixels": "no_pixel_data",
+    "truncated": "truncated",
+    "unsupported": "unsupported_transfer_syntax",
+}
+
+
+@pytest.fixture()
+def cohort(tmp_path):
+    root = tmp_path / "raw"
+    written = _cohort(root)
+    out = tmp_path / "processed"
+    summary = ingest(root, out, CLASSES, KEY, progress=False)
+    return root, out, written, summary
+
+
+def test_good_files_are_ingested_with_modality_lut_hu(cohort):
+    root, out, written, summary = cohort
+    manifest = _read_csv(out / "manifest.csv")
+    assert tuple(manifest[0]) == MANIFEST_COLUMNS
+    assert set(FRAME_COLUMNS) <= set(manifest[0])
+    n_ombt = 1 + 3 + (1 if "jpegls" in written else 0)
+    assert summary.n_slices == len(manifest) == 6 + 3 + n_ombt
+    assert summary.slices_per_label == {"MM": 9, "OMBT": n_ombt}
+    assert summary.n_patients == 2 and summary.patients_per_label == {"MM": 1, "OMBT": 1}
+
+    # Every expected HU slice is in the output exactly once.
+    stored = {row["image_id"]: np.load(out / row["file"]) for row in manifest}
+    assert sorted(p.name for p in (out / "slices").iterdir()) == sorted(f"{i}.npy" for i in stored)
+    expected = [
+        hu
+        for name, w in written.items()
+        if name in GOOD or name.startswith(("ombt", "jpegls"))
+        for hu in w.hu
+    ]
+    assert len(expected) == len(stored)
+    for hu in expected:
+        assert sum(np.array_equal(hu, got) for got in stored.values()) == 1
+    for row in manifest:
+        hu = stored[row["image_id"]]
+        assert hu.dtype == np.int16
+        assert (int(row["hu_min"]), int(row["hu_max"])) == (hu.min(), hu.max())
+        assert row["patient"].startswith("pt-") and row["image_id"].startswith("im-")
+        assert row["label"] in CLASSES
+
+
+def test_each_bad_file_lands_in_rejects_with_its_reason(cohort):
+    root, out, written, summary = cohort
+    rejects = _read_csv(out / "rejects.csv")
+    assert tuple(rejects[0]) == REJECT_COLUMNS
+    reasons = _reasons(out)
+    source_of = summary_sources(summary)
+    for name, reason in BAD.items():
+        assert reasons[source_of[written[name].path]] == reason, name
+    notes = next(p for p in summary.rejected_paths if p[0].name == "Doe_Jane_notes.txt")
+    assert notes[1].startswith("not_dicom: ")
+    assert len(rejects) == len(BAD) + 1 == summary.n_rejects
+    assert all(row["detail"] for row in rejects)
+    assert summary.reject_counts["truncated"] == 1
+
+
+def summary_sources(summary) -> dict[Path, str]:
+    return {r.path: r.source.rsplit("/", 1)[-1] for r in summary.rejects}
+
+
+def test_reject_source_is_pseudonymised_below_the_class_folder(cohort):
+    root, out, written, summary = cohort
+    for reject in summary.rejects:
+        parts = reject.source.split("/")
+        real = reject.path.relative_to(root).parts
+        assert parts[0] == real[0] == "MM"
+        assert len(parts) == len(real)
+        assert all(p.startswith("f-") for p in parts[1:])
+        assert reject.path.is_file()  # the real path is there for the console
+
+
+def test_multiframe_splits_into_one_row_per_frame(cohort):
+    root, out, written, summary = cohort
+    manifest = _read_csv(out / "manifest.csv")
+    frames = [r for r in manifest if r["n_frames"] == "3" and r["sop_class"] == "CT Image Storage"]
+    assert sorted(r["frame"] for r in frames) == ["0", "1", "2"]
+    assert len({r["image_id"] for r in frames}) == 3
+    assert len({r["series"] for r in frames}) == 1
+
+
+def test_no_phi_anywhere_in_the_output(cohort):
+    root, out, written, summary = cohort
+    phi = factory.phi_strings(*(w.ds for w in written.values()))
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if rel.parts[0] not in CLASSES:
+            continue
+        # Short generic names like 0004 are no identifiers, and would match hex by chance.
+        phi.update(n for part in rel.parts[1:] for n in (part, Path(part).stem) if len(n) >= 8)
+    phi.add(str(root))
+    assert "MRN-8837261" in phi and MM_FOLDER in phi and "IMG_MRN8837261_0001.dcm" in phi
+
+    outputs = [p for p in out.rglob("*") if p.is_file()]
+    assert len(outputs) > 10
+    for path in outputs:
+        data = path.read_bytes()
+        for value in phi:
+            assert value.encode() not in data, f"{value!r} found in {path.relative_to(out)}"
+
+
+def test_rerun_is_byte_identical_and_clears_stale_slices(cohort):
+    root, out, written, summary = cohort
+    stale = out / "slices" / "im-stale.npy"
+    stale.write_bytes(b"old")
+
+    def snapshot() -> dict[str, bytes]:
+        return {
+            p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()
+        }
+
+    first = snapshot()
+    ingest(root, out, CLASSES, KEY, progress=False)
+    second = snapshot()
+    assert "slices/im-stale.npy" not in second
+    first.pop("slices/im-stale.npy")
+    assert first == second
+
+    manifest = _read_csv(out / "manifest.csv")
+    keys = [(r["patient"], r["image_id"]) for r in manifest]
+    assert keys == sorted(keys)
+
+
+def test_other_key_gives_other_pseudonyms(cohort, tmp_path):
+    root, out, written, summary = cohort
+    other = ingest(root, tmp_path / "other", CLASSES, bytes.fromhex("a5" * 32), progress=False)
+    assert other.n_slices == summary.n_slices
+    first = {r["patient"] for r in _read_csv(out / "manifest.csv")}
+    second = {r["patient"] for r in _read_csv(tmp_path / "other" / "manifest.csv")}
+    assert first.isdisjoint(second)
+
+
+def test_files_outside_the_layout_are_rejected_as_unlabelled(tmp_path):
+    root = tmp_path / "raw"
+    good = factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1)
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    loose = factory.write_plain(root / "loose.dcm", seed=3)
+    in_class = factory.write_plain(root / "MM" / "direct.dcm", seed=4)
+    other = factory.write_plain(root / "LYMPHOMA" / "p3" / "a.dcm", seed=5)
+    lower = factory.write_plain(root / "ombt" / "p4" / "a.dcm", seed=6)
+    summary = ingest(root, tmp_path / "out", CLASSES, KEY, progress=False)
+    by_path = {r.path: r for r in summary.rejects}
+    assert by_path[loose.path].reason == "no_label"
+    assert by_path[in_class.path].reason == "no_label"
+    assert by_path[other.path].reason == "unknown_label"
+    assert by_path[lower.path].reason == "unknown_label"
+    assert "letter case" in by_path[lower.path].detail
+    assert by_path[other.path].source.split("/")[0].startswith("f-")  # not a class: hidden
+    assert good.path not in by_path and summary.n_slices == 2
+
+
+def test_labels_csv_mode_keys_labels_by_patient_id(tmp_path):
+    root = tmp_path / "anywhere"
+    a = factory.write_plain(root / "x" / "1.dcm", phi=factory.Phi(patient_id="00123"), seed=1)
+    b = factory.write_rle(root / "y" / "z" / "2", phi=factory.Phi(patient_id="NA"), seed=2)
+    unlabelled = factory.write_plain(root / "3.dcm", phi=factory.Phi(patient_id="999"), seed=3)
+    odd = factory.write_plain(root / "4.dcm", phi=factory.Phi(patient_id="777"), seed=4)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient_id,label\n00123,MM\nNA , OMBT\n777,LYMPHOMA\n\n")
+    out = tmp_path / "out"
+    summary = ingest(root, out, CLASSES, KEY, labels_csv=labels, progress=False)
+    manifest = _read_csv(out / "manifest.csv")
+    assert sorted(r["label"] for r in manifest) == ["MM", "OMBT"]
+    by_path = {r.path: r for r in summary.rejects}
+    assert by_path[unlabelled.path].reason == "no_label"
+    assert by_path[odd.path].reason == "unknown_label"
+    assert all(part.startswith("f-") for part in by_path[odd.path].source.split("/"))
+    assert {a.path, b.path}.isdisjoint(by_path)
+
+
+def test_labels_csv_with_two_labels_for_one_patient_is_refused(tmp_path):
+    labels = tmp_path / "labels.csv"
+    labels.write_text("patient_id,label\nMRN-1,MM\nMRN-1,OMBT\n")
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(ValueError, match="lines 2 and 3") as caught:
+        ingest(tmp_path / "raw", tmp_path / "out", CLASSES, KEY, labels_csv=labels, progress=False)
+    assert "MRN-1" not in str(caught.value)
+
+
+def test_patient_id_falls_back_to_folder_and_duplicates_and_conflicts_are_rejected(tmp_path):
+    root = tmp_path / "raw"
+    blank = factory.Phi(patient_id="")
+    one = factory.write_plain(root / "MM" / "folderA" / "1.dcm", phi=blank, seed=1)
+    factory.write_plain(root / "MM" / "folderB" / "1.dcm", phi=blank, seed=2)
+    copy = root / "MM" / "folderA" / "1-copy.dcm"
+    copy.write_bytes(one.path.read_bytes())
+    # The same patient (PatientID) filed under both classes.
+    both = factory.Phi(patient_id="MRN-BOTH")
+    mm_side = factory.write_plain(root / "MM" / "p9" / "1.dcm", phi=both, seed=3)
+    ombt_side = factory.write_plain(root / "OMBT" / "p9" / "1.dcm", phi=both, seed=4)
+    factory.write_plain(root / "OMBT" / "p10" / "1.dcm", phi=OMBT_PHI, seed=5)
+
+    out = tmp_path / "out"
+    summary = ingest(root, out, CLASSES, KEY, progress=False)
+    manifest = _read_csv(out / "manifest.csv")
+    assert len({r["patient"] for r in manifest if r["label"] == "MM"}) == 2  # folderA, folderB
+    by_path = {r.path: r for r in summary.rejects}
+    # Paths are processed in sorted order: "1-copy.dcm" comes first and is kept.
+    assert copy not in by_path and by_path[one.path].reason == "duplicate"
+    assert by_path[mm_side.path].reason == by_path[ombt_side.path].reason == "conflicting_label"
+    assert len(list((out / "slices").iterdir())) == len(manifest) == 3
+
+
+def test_nothing_usable_raises_and_still_writes_rejects(tmp_path):
+    root = tmp_path / "raw"
+    factory.write_mr(root / "MM" / "p1" / "a.dcm")
+    factory.write_not_dicom(root / "OMBT" / "p2" / "b.txt")
+    out = tmp_path / "out"
+    (out / "slices").mkdir(parents=True)
+    (out / "manifest.csv").write_text("stale\n")
+    with pytest.raises(NoUsableDataError) as caught:
+        ingest(root, out, CLASSES, KEY, progress=False)
+    message = str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert "rejects.csv" in message and "MM, OMBT" in message and str(root) in message
+    assert "modality_not_ct" in message
+    assert sorted(_reasons(out).values()) == ["modality_not_ct", "not_dicom"]
+    assert not (out / "manifest.csv").exists() and not (out / "slices").exists()
+
+
+def test_empty_root_raises_no_usable_data(tmp_path):
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(NoUsableDataError, match="found 0 files"):
+        ingest(tmp_path / "raw", tmp_path / "out", CLASSES, KEY, progress=False)
+
+
+def test_missing_root_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--dicom-root"):
+        ingest(tmp_path / "nope", tmp_path / "out", CLASSES, KEY, progress=False)
+
+
+def test_output_inside_the_root_is_not_ingested(tmp_path):
+    root = tmp_path / "raw"
+    factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1)
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    out = root / "MM" / "p1" / "processed"
+    ingest(root, out, CLASSES, KEY, progress=False)
+    summary = ingest(root, out, CLASSES, KEY, progress=False)
+    assert summary.n_files == 2 and summary.n_rejects == 0
+    assert not any(name.startswith(".") for name in os.listdir(out))
