@@ -181,6 +181,7 @@ class EvaluationConfig(_Frozen):
     """Metrics, confidence intervals, selection and promotion (myelomet evaluate)."""
 
     n_bootstrap: int = Field(1000, ge=10)
+    seed: int = 0
     confidence: float = Field(0.95, gt=0, lt=1)
     select_metric: str = "patient_auc"
     ensemble_top_k: int = Field(3, ge=0)
