@@ -5,6 +5,7 @@ that `myelomet --help` stays fast."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -64,6 +65,20 @@ def _split(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _prefect_defaults() -> None:
+    """Settings that make a local, server-less Prefect run robust on a small machine; a user's
+    own environment (a remote PREFECT_API_URL, say) still wins."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+def _validate(args: argparse.Namespace, cfg: Config) -> int:
+    _prefect_defaults()
+    from flows.validate import main as validate_main
+
+    return validate_main(cfg.root / Path(args.params).name)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="myelomet",
@@ -89,6 +104,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("split", help="patient-level stratified train/val/test split")
     p.add_argument("--mode", choices=["patient", "image"], help="default: params split.mode")
     p.set_defaults(run=_split)
+
+    p = sub.add_parser("validate", help="Great Expectations checks of manifest, pixels and split")
+    p.set_defaults(run=_validate)
     return parser
 
 
@@ -98,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.params)
         return args.run(args, cfg)
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"myelomet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,133 @@
+"""Prefect flow `validate`: Great Expectations suites on the manifest, the pixels and the
+split, run between `split` and training.
+
+The flow writes Data Docs and a JSON summary (a DVC metric), publishes the result table as
+a markdown artifact, and fails when any expectation fails, so that `dvc repro` stops here
+and training never sees bad data. `python -m flows.validate --params params.yaml` runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from components import validation
+from components.config import ValidationConfig, load_config
+from components.validation import DataValidationError, ValidationReport
+
+ARTIFACT_KEY = "data-validation"
+
+
+# DVC decides when this stage reruns; Prefect must never serve its outputs from a cache.
+@task(cache_policy=NO_CACHE, persist_result=False)
+def load_tables(manifest_path: Path, split_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Read the manifest and the split."""
+    return validation.read_tables(manifest_path, split_path)
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def compute_pixel_stats(manifest: pd.DataFrame, root: Path, bone_hu: float) -> pd.DataFrame:
+    """Per-slice pixel statistics from the HU arrays."""
+    return validation.pixel_stats(manifest, root, bone_hu)
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def run_suites(
+    manifest: pd.DataFrame,
+    split: pd.DataFrame,
+    pixels: pd.DataFrame,
+    cfg: ValidationConfig,
+    classes: Sequence[str],
+    fractions: Mapping[str, float],
+    mode: str,
+    docs_dir: Path,
+) -> ValidationReport:
+    """Validate every suite and write the Data Docs."""
+    return validation.run_validation(
+        manifest, split, pixels, cfg, classes, fractions, mode, docs_dir
+    )
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def write_summary(report: ValidationReport, path: Path) -> Path:
+    """Write the JSON summary DVC tracks as a metric."""
+    return validation.write_summary(report, path)
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def publish(report: ValidationReport) -> None:
+    """Publish the result table as a markdown artifact."""
+    create_markdown_artifact(
+        markdown=validation.markdown_table(report),
+        key=ARTIFACT_KEY,
+        description="Great Expectations results of the manifest, pixel and split suites",
+    )
+
+
+@flow(name="validate")
+def validate(params: str = "params.yaml") -> ValidationReport:
+    """Validate the processed data and the split; fail on bad data.
+
+    Args:
+        params: path to params.yaml (sections validation, split, ingest, classes).
+
+    Returns:
+        The report of every suite.
+
+    Raises:
+        DataValidationError: an expectation failed; the message names each one with a few
+            offending rows. Data Docs and the summary are written first.
+        FileNotFoundError: the manifest or the split is missing.
+    """
+    cfg = load_config(params)
+    manifest_path = cfg.path(cfg.ingest.out) / "manifest.csv"
+    manifest, split = load_tables(manifest_path, cfg.path(cfg.split.out))
+    pixels = compute_pixel_stats(manifest, manifest_path.parent, cfg.validation.bone_hu)
+    report = run_suites(
+        manifest,
+        split,
+        pixels,
+        cfg.validation,
+        cfg.classes,
+        cfg.split.fractions(),
+        cfg.split.mode,
+        cfg.path(cfg.validation.docs_out),
+    )
+    write_summary(report, cfg.path(cfg.validation.summary_out))
+    publish(report)
+    if not report.success:
+        raise DataValidationError(validation.failure_message(report))
+    get_run_logger().info(validation.success_line(report))
+    return report
+
+
+def main(params_path: str | Path = "params.yaml") -> int:
+    """Run the flow for the command line.
+
+    Args:
+        params_path: path to params.yaml.
+
+    Returns:
+        0 when the data passed (one line on stdout), 1 when validation failed (the failed
+        expectations on stderr).
+    """
+    try:
+        report = validate(str(params_path))
+    except DataValidationError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(validation.success_line(report))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m flows.validate", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="default: ./params.yaml")
+    sys.exit(main(parser.parse_args().params))

@@ -1,0 +1,115 @@
+"""The `validate` flow against a temporary Prefect server: good data passes and publishes
+the result table, bad data fails the flow run and `main` exits 1 naming the expectation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from prefect.artifacts import Artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.testing.utilities import prefect_test_harness
+
+from flows import validate as validate_module
+from flows.validate import ARTIFACT_KEY, main, validate
+from tests.components.test_validation import write_dataset
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness():
+    with prefect_test_harness():
+        yield
+
+
+def _project(root: Path) -> Path:
+    """A good dataset and a params.yaml pointing at it; returns the params path."""
+    write_dataset(root)
+    params = root / "params.yaml"
+    params.write_text(
+        yaml.safe_dump(
+            {
+                "ingest": {"out": "processed"},
+                "split": {"out": "splits/split.csv"},
+                "validation": {
+                    "docs_out": "reports/validation",
+                    "summary_out": "reports/validation.json",
+                },
+            }
+        )
+    )
+    return params
+
+
+def test_good_data_completes_and_publishes_the_result_table(tmp_path):
+    params = _project(tmp_path)
+    state = validate(str(params), return_state=True)
+    assert state.is_completed()
+    report = state.result()
+    assert report.success
+    assert (tmp_path / "reports/validation/index.html").is_file()
+    assert json.loads((tmp_path / "reports/validation.json").read_text())["success"] == 1
+    artifact = Artifact.get(ARTIFACT_KEY)
+    assert artifact is not None
+    assert artifact.type == "markdown"
+    assert "| manifest | passed |" in artifact.data
+    assert "| split | passed |" in artifact.data
+
+
+def test_bad_data_fails_the_flow_run_after_writing_docs_and_summary(tmp_path):
+    params = _project(tmp_path)
+    manifest_path = tmp_path / "processed/manifest.csv"
+    manifest = pd.read_csv(manifest_path)
+    manifest.loc[0, "modality"] = "MR"
+    manifest.to_csv(manifest_path, index=False)
+
+    state = validate(str(params), return_state=True)
+    assert state.is_failed()
+    assert "DataValidationError" in state.message
+    assert "manifest.modality_ct" in state.message
+    summary = json.loads((tmp_path / "reports/validation.json").read_text())
+    assert summary["success"] == 0
+    assert summary["manifest"]["failed"] == 1
+    assert (
+        "'_validation_success_text': 'Failed'"
+        in (tmp_path / "reports/validation/index.html").read_text()
+    )
+
+
+def test_main_exits_1_naming_the_failed_expectation_and_0_in_one_line(tmp_path, capsys):
+    params = _project(tmp_path)
+    assert main(params) == 0
+    out, _ = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 1
+    assert "passed" in out
+
+    split_path = tmp_path / "splits/split.csv"
+    split = pd.read_csv(split_path)
+    split.loc[split.index[split["split"] == "train"][0], "split"] = "val"
+    split.to_csv(split_path, index=False)
+    assert main(params) == 1
+    _, err = capsys.readouterr()
+    assert "split.patient_in_one_split" in err
+    assert "patient=pt-" in err
+
+
+def test_missing_split_names_the_command_to_run(tmp_path):
+    params = _project(tmp_path)
+    (tmp_path / "splits/split.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="myelomet split"):
+        validate(str(params))
+
+
+def test_no_task_can_be_served_from_a_cache():
+    tasks = [
+        validate_module.load_tables,
+        validate_module.compute_pixel_stats,
+        validate_module.run_suites,
+        validate_module.write_summary,
+        validate_module.publish,
+    ]
+    for t in tasks:
+        assert t.cache_policy is NO_CACHE, t.name
+        assert t.persist_result is False, t.name
