@@ -11,17 +11,10 @@ import pytest
 import yaml
 from prefect.artifacts import Artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.testing.utilities import prefect_test_harness
 
 from flows import validate as validate_module
 from flows.validate import ARTIFACT_KEY, main, validate
 from tests.components.test_validation import write_dataset
-
-
-@pytest.fixture(scope="session", autouse=True)
-def prefect_harness():
-    with prefect_test_harness():
-        yield
 
 
 def _project(root: Path) -> Path:

@@ -1,0 +1,10 @@
+"""One temporary Prefect server (and database) for every flow test of the session."""
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
