@@ -1,0 +1,273 @@
+"""Grad-CAM heat maps: where a trained classifier looks on a CT slice.
+
+Grad-CAM (Selvaraju et al., ICCV 2017) weights the last convolutional feature map by the
+spatially averaged gradient of a class score and keeps the positive part. The classifiers
+of `components.backbones` hold the keras.applications backbone as a nested model, whose
+inner layers are not reachable from the outer model's input; `feature_model` rebuilds the
+outer graph around a copy of the backbone that also returns its feature map, reusing the
+trained layers (no weights are copied or changed).
+
+This is the one module of the report that imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from PIL import Image
+
+from components.config import Window
+from components.dataset import apply_window, model_input
+
+
+@dataclass(frozen=True)
+class GradcamExample:
+    """One slice to explain: its id, true class and HU pixels."""
+
+    image_id: str
+    label: str
+    hu: np.ndarray
+
+
+def _is_feature_map(layer: keras.layers.Layer) -> bool:
+    if isinstance(layer, keras.layers.InputLayer) or "Pooling" in type(layer).__name__:
+        return False
+    return len(layer.output.shape) == 4
+
+
+def _last_feature_layer(model: keras.Model) -> keras.layers.Layer | None:
+    """The last layer with a 4-D output, or the nested model holding it; None when none."""
+    for layer in reversed(model.layers):
+        if isinstance(layer, keras.Model):
+            if _last_feature_layer(layer) is not None:
+                return layer
+        elif _is_feature_map(layer):
+            return layer
+    return None
+
+
+def _functional(model: keras.Model) -> keras.Model:
+    # Sequential models cannot be cloned with a call_function; their graph can be reused.
+    if isinstance(model, keras.Sequential):
+        return keras.Model(model.inputs, model.outputs, name=model.name)
+    return model
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """A model from `model`'s input to [last convolutional feature map, `model`'s output].
+
+    Nested models (the backbone inside the classifier) are searched recursively; the
+    returned model shares the trained layers of `model`.
+
+    Args:
+        model: a built Functional or Sequential classifier with one input and one output.
+
+    Returns:
+        The two-output model.
+
+    Raises:
+        ValueError: the model has no 4-D feature map.
+    """
+    graph = _functional(model)
+    target = _last_feature_layer(graph)
+    if target is None:
+        raise ValueError(f"{model.name}: no convolutional feature map (4-D layer output) found")
+    if not isinstance(target, keras.Model):
+        return keras.Model(graph.inputs[0], [target.output, graph.outputs[0]])
+    inner = feature_model(target)
+    captured = []
+
+    def call(layer: keras.layers.Layer, *args: object, **kwargs: object) -> object:
+        if layer is not target:
+            return layer(*args, **kwargs)
+        features, output = inner(*args, **kwargs)
+        captured.append(features)
+        return output
+
+    clone = keras.models.clone_model(graph, clone_function=lambda layer: layer, call_function=call)
+    return keras.Model(clone.inputs[0], [captured[-1], clone.outputs[0]])
+
+
+def class_scores(outputs: np.ndarray | tf.Tensor) -> tf.Tensor:
+    """One score column per class: softmax outputs as they are, a single sigmoid unit p
+    as the two columns [1 - p, p]."""
+    outputs = tf.cast(outputs, tf.float32)
+    if outputs.shape[-1] == 1:
+        return tf.concat([1.0 - outputs, outputs], axis=-1)
+    return outputs
+
+
+def gradcam(
+    model: keras.Model, images: np.ndarray, target: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM heat maps of a batch of images.
+
+    Args:
+        model: the classifier (see `feature_model`).
+        images: (n, height, width, channels), exactly as the model takes them.
+        target: the class column (see `class_scores`) to explain; None explains each
+            image's highest-scoring class.
+
+    Returns:
+        Heat maps (n, height, width), float32 in [0, 1] (all zero where no location
+        raises the score), and the class scores (n, classes).
+
+    Raises:
+        ValueError: images are not a 4-D batch, or the model has no feature map.
+    """
+    if images.ndim != 4:
+        raise ValueError(f"images must be a batch (n, height, width, channels), got {images.shape}")
+    grad_model = feature_model(model)
+    batch = tf.convert_to_tensor(images, dtype=tf.float32)
+    with tf.GradientTape() as tape:
+        features, outputs = grad_model(batch, training=False)
+        features = tf.cast(features, tf.float32)
+        scores = class_scores(outputs)
+        chosen = tf.argmax(scores, axis=-1) if target is None else tf.fill([len(images)], target)
+        score = tf.gather(scores, chosen, axis=1, batch_dims=1)
+    grads = tape.gradient(score, features)
+    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+    peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
+    cam = tf.math.divide_no_nan(cam, peak)
+    cam = tf.image.resize(cam[..., None], images.shape[1:3], method="bilinear")[..., 0]
+    heat = np.clip(np.nan_to_num(cam.numpy()), 0.0, 1.0).astype(np.float32)
+    return heat, scores.numpy()
+
+
+def pick_examples(
+    predictions: pd.DataFrame, classes: Sequence[str], per_class: int, seed: int = 0
+) -> pd.DataFrame:
+    """Test slices to explain: up to `per_class` of each class, each from another patient.
+
+    Args:
+        predictions: rows with image_id, patient, label and split (e.g. predictions.csv).
+        classes: the classes, in the order wanted.
+        per_class: slices per class.
+        seed: seeds the random choice.
+
+    Returns:
+        The chosen rows, class by class.
+
+    Raises:
+        ValueError: a needed column is missing.
+    """
+    missing = [c for c in ("image_id", "patient", "label", "split") if c not in predictions]
+    if missing:
+        raise ValueError(f"predictions lack columns {missing}")
+    rng = np.random.default_rng(seed)
+    test = predictions[predictions["split"] == "test"].sort_values("image_id")
+    parts = []
+    for label in classes:
+        rows = test[test["label"] == label]
+        one_per_patient = rows.iloc[rng.permutation(len(rows))].drop_duplicates("patient")
+        parts.append(one_per_patient.head(per_class))
+    return pd.concat(parts, ignore_index=True)
+
+
+def load_examples(rows: pd.DataFrame, slices_dir: str | Path) -> list[GradcamExample]:
+    """Read the HU slice `<slices_dir>/<image_id>.npy` of each row (image_id, label).
+
+    Raises:
+        FileNotFoundError: a slice file is missing.
+    """
+    examples = []
+    for row in rows.itertuples():
+        path = Path(slices_dir) / f"{row.image_id}.npy"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no HU slice; run `myelomet ingest` again")
+        examples.append(GradcamExample(str(row.image_id), str(row.label), np.load(path)))
+    return examples
+
+
+def _resize(heat: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    image = Image.fromarray(heat, mode="F").resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    return np.clip(np.asarray(image), 0.0, 1.0)
+
+
+def gradcam_figure(
+    model: keras.Model,
+    examples: Sequence[GradcamExample],
+    *,
+    windows: Sequence[Window],
+    size: int,
+    display_window: Window,
+    classes: Sequence[str],
+    positive_class: str,
+    title: str = "",
+    alpha: float = 0.5,
+) -> Figure:
+    """Grad-CAM of each example's predicted class over its bone-window image.
+
+    One row per class (true label), one column per example of that class.
+
+    Args:
+        model: the trained classifier; it takes `model_input` images (0..255) and applies its
+            backbone's preprocessing itself, as the models of `components.backbones` do.
+        examples: the slices to explain.
+        windows: the three channel windows of the model input (InputConfig.channel_windows()).
+        size: the model's input side in pixels.
+        display_window: the window of the background image (e.g. the bone window).
+        classes: class names in the order of `class_scores` columns (the model's outputs).
+        positive_class: the class whose probability is printed.
+        title: figure title, e.g. the model's name.
+        alpha: opacity of the heat map where it is 1 (it fades out toward 0).
+
+    Returns:
+        The figure.
+
+    Raises:
+        ValueError: no examples, an example of an unknown class, or `positive_class` is not
+            in `classes`.
+    """
+    if not examples:
+        raise ValueError("no examples to explain; pick test slices with pick_examples")
+    unknown = sorted({e.label for e in examples} - set(classes))
+    if unknown or positive_class not in classes:
+        raise ValueError(f"labels {unknown} or positive class {positive_class!r} not in {classes}")
+    batch = np.stack([model_input(e.hu, windows, size) for e in examples])
+    heat, scores = gradcam(model, batch)
+    positive = list(classes).index(positive_class)
+    rows = [c for c in classes if any(e.label == c for e in examples)]
+    cols = max(sum(e.label == c for e in examples) for c in rows)
+    fig = Figure(figsize=(2.8 * cols + 0.8, 3.0 * len(rows) + 0.5), layout="constrained")
+    axes = fig.subplots(len(rows), cols, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    filled = dict.fromkeys(rows, 0)
+    cmap = colormaps["jet"]
+    for i, example in enumerate(examples):
+        r = rows.index(example.label)
+        ax = axes[r, filled[example.label]]
+        filled[example.label] += 1
+        background = apply_window(example.hu, display_window) / 255.0
+        overlay = cmap(_resize(heat[i], example.hu.shape))
+        overlay[..., 3] = alpha * _resize(heat[i], example.hu.shape)
+        ax.imshow(background, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(overlay)
+        predicted = classes[int(scores[i].argmax())]
+        ax.set_title(
+            f"{example.label} → {predicted}\np({positive_class}) = {scores[i, positive]:.2f}",
+            fontsize=9,
+        )
+        ax.text(
+            0.02, 0.02, example.image_id[:12], color="white", fontsize=7, transform=ax.transAxes
+        )
+    fig.colorbar(
+        ScalarMappable(Normalize(0, 1), cmap),
+        ax=axes,
+        shrink=0.6,
+        label="Grad-CAM (predicted class)",
+    )
+    fig.suptitle(title or "Grad-CAM")
+    return fig
