@@ -169,6 +169,21 @@ class TrainingConfig(_Frozen):
         return self
 
 
+class LeakageConfig(_Frozen):
+    """The paper's image-level split, trained on one backbone, to show what leakage does."""
+
+    enabled: bool = True
+    backbone: str = "VGG16"
+    split_out: str = "data/splits/split_image.csv"
+    models_out: str = "models_image_split"
+
+    @model_validator(mode="after")
+    def _known_backbone(self) -> LeakageConfig:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"leakage.backbone {self.backbone!r} unknown; known: {BACKBONES}")
+        return self
+
+
 class TrackingConfig(_Frozen):
     """Where MLflow writes; MLFLOW_TRACKING_URI, when set, wins over uri."""
 
@@ -203,6 +218,7 @@ class Config(_Frozen):
     split: SplitConfig = SplitConfig()
     validation: ValidationConfig = ValidationConfig()
     training: TrainingConfig = TrainingConfig()
+    leakage: LeakageConfig = LeakageConfig()
     tracking: TrackingConfig = TrackingConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
 

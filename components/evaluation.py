@@ -19,6 +19,7 @@ optimistic; only the test metrics estimate performance.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from components.metrics import (
     roc_curve,
     youden_threshold,
 )
+from components.training import probability_column
 
 LEVELS = ("slice", "patient")
 SPLITS = ("val", "test")
@@ -133,7 +135,7 @@ def load_predictions(
     Args:
         models_dir: the training output folder.
         backbones: backbone names, in the order wanted.
-        positive_class: its probability column `p_<positive_class>` becomes `p`.
+        positive_class: its probability column (`training.probability_column`) becomes `p`.
 
     Returns:
         Backbone -> DataFrame with the columns PREDICTION_COLUMNS.
@@ -148,14 +150,15 @@ def load_predictions(
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no predictions; run `myelomet train` for {backbone}")
         frame = pd.read_csv(path, dtype={c: str for c in ("image_id", "patient", "label", "split")})
-        needed = [*PREDICTION_COLUMNS[:-1], f"p_{positive_class}"]
+        column = probability_column(positive_class)
+        needed = [*PREDICTION_COLUMNS[:-1], column]
         missing = [c for c in needed if c not in frame.columns]
         if missing:
             raise ValueError(
                 f"{path}: lacks columns {missing}; retrain {backbone} with positive_class "
                 f"{positive_class!r} or fix the file"
             )
-        frames[backbone] = frame[needed].rename(columns={f"p_{positive_class}": "p"})
+        frames[backbone] = frame[needed].rename(columns={column: "p"})
     return frames
 
 
@@ -622,3 +625,39 @@ def calibration_plot_data(
     ]
     frame = pd.concat(parts, ignore_index=True)
     return frame[["candidate", "bin", "p_mean", "observed", "count"]]
+
+
+def write_outputs(results: EvaluationResults, reports_dir: str | Path) -> dict[str, Path]:
+    """Write what DVC tracks: metrics.json, comparisons.csv and the plot data.
+
+    The plot data (test set, patient level; calibration at slice level) go one file per
+    candidate under plots/roc/, plots/confusion/ and plots/calibration/, so `dvc plots show`
+    draws one series per candidate.
+
+    Args:
+        results: the evaluation.
+        reports_dir: the reports folder (params evaluation.reports_out).
+
+    Returns:
+        name -> path written: metrics, comparisons, and the three plot folders.
+    """
+    out = Path(reports_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": out / "metrics.json", "comparisons": out / "comparisons.csv"}
+    paths["metrics"].write_text(json.dumps(to_metrics_json(results), indent=2, allow_nan=False))
+    comparisons_table(results).to_csv(paths["comparisons"], index=False)
+    plot_data = {
+        "roc": roc_plot_data(results, "test", "patient"),
+        "confusion": confusion_plot_data(results, "test", "patient"),
+        "calibration": calibration_plot_data(results, "test"),
+    }
+    for kind, frame in plot_data.items():
+        folder = out / "plots" / kind
+        if folder.exists():
+            for stale in folder.glob("*.csv"):
+                stale.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        for candidate, rows in frame.groupby("candidate", sort=False):
+            rows.drop(columns="candidate").to_csv(folder / f"{candidate}.csv", index=False)
+        paths[kind] = folder
+    return paths

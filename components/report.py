@@ -1233,3 +1233,75 @@ def write_study_report(
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(study_page(inputs, figures), encoding="utf-8")
     return StudyReport(html=out, figures=figures)
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def training_markdown(results: Mapping[str, Mapping], failures: Mapping[str, str]) -> str:
+    """The per-backbone training table shown as a Prefect artifact.
+
+    Args:
+        results: backbone -> training result (components.training.TrainResult as a dict).
+        failures: backbone -> error of those that failed after their retries.
+    """
+    rows = [
+        (
+            name,
+            r["status"],
+            r["weights"],
+            r["image_size"],
+            r["epochs_run"],
+            format_value(r.get("val_auc"), 3),
+            format_value(r.get("val_accuracy"), 3),
+            f"{r['seconds']:.0f} s",
+        )
+        for name, r in sorted(results.items())
+    ]
+    rows += [(name, "**failed**", "", "", "", "", "", error) for name, error in failures.items()]
+    header = ("backbone", "status", "weights", "size", "epochs", "val AUC", "val accuracy", "time")
+    return "# Training\n\n" + _markdown_table(header, rows)
+
+
+def results_markdown(results: EvaluationResults, registry: RegistryOutcome | None) -> str:
+    """Test-set results of every candidate with CIs, the selection and the registry outcome."""
+    rows = []
+    for name, candidate in results.candidates.items():
+        patient = candidate.metrics["test"]["patient"]
+        slices = candidate.metrics["test"]["slice"]
+        rows.append(
+            (
+                f"**{name}**" if name == results.selected else name,
+                format_estimate(patient["auc"]),
+                format_estimate(patient["accuracy"]),
+                format_estimate(slices["auc"]),
+                format_estimate(slices["sensitivity"]),
+                format_estimate(slices["specificity"]),
+                format_estimate(slices["kappa"]),
+            )
+        )
+    header = (
+        "candidate",
+        "patient AUC",
+        "patient accuracy",
+        "slice AUC",
+        "slice sensitivity",
+        "slice specificity",
+        "slice kappa",
+    )
+    lines = [
+        "# Study results (test set, 95% CI)",
+        "",
+        _markdown_table(header, rows),
+        "",
+        f"Selected on validation by `{results.select_metric}`: **{results.selected}**.",
+    ]
+    if registry is not None:
+        lines.append(
+            f"Registered `{registry.model_name}` version {registry.version} as "
+            f"**{registry.alias}**: {registry.reason}"
+        )
+    return "\n".join(lines)

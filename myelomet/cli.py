@@ -79,6 +79,41 @@ def _validate(args: argparse.Namespace, cfg: Config) -> int:
     return validate_main(cfg.root / Path(args.params).name)
 
 
+def _train(args: argparse.Namespace, cfg: Config) -> int:
+    _prefect_defaults()
+    from flows.train import main as train_main
+
+    return train_main(cfg.root / Path(args.params).name, args.backbone)
+
+
+def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    _prefect_defaults()
+    from flows.evaluate import main as evaluate_main
+
+    return evaluate_main(cfg.root / Path(args.params).name)
+
+
+def _predict(args: argparse.Namespace, cfg: Config) -> int:
+    from components.registry import predict_main
+    from components.tracking import resolve_store
+
+    model = args.model or f"models:/{cfg.evaluation.registered_model}@champion"
+    return predict_main(args.paths, model, resolve_store(cfg.tracking, cfg.root).tracking_uri)
+
+
+def _fetch_weights(args: argparse.Namespace, cfg: Config) -> int:
+    from components.backbones import fetch_weights
+
+    names = args.backbone or list(cfg.training.backbones)
+    manifest = fetch_weights(names, Path(args.dest))
+    print(
+        f"ImageNet weights of {len(names)} backbones in {manifest.parent} (checksums: {manifest});"
+        f" copy the folder to the offline machine and set training.weights_dir or "
+        f"{cfg.training.weights_dir_env} to it"
+    )
+    return 0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="myelomet",
@@ -107,6 +142,25 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="Great Expectations checks of manifest, pixels and split")
     p.set_defaults(run=_validate)
+
+    p = sub.add_parser("train", help="fine-tune the backbones, one process each (Prefect flow)")
+    p.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("evaluate", help="metrics with CIs, register and promote, study report")
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("predict", help="p_mm of every CT slice of DICOM files or folders (JSON)")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders")
+    p.add_argument("--model", help="model URI (default: models:/<registered_model>@champion)")
+    p.set_defaults(run=_predict)
+
+    p = sub.add_parser(
+        "fetch-weights", help="download ImageNet weights on a connected machine for offline use"
+    )
+    p.add_argument("dest", help="folder to fill (with a checksum manifest)")
+    p.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
+    p.set_defaults(run=_fetch_weights)
     return parser
 
 

@@ -1,0 +1,663 @@
+"""The MLflow model registry side: the served model, registration and the promotion gate.
+
+The registered model is a pyfunc (`MyelometModel`) that takes DICOM files, not tensors: a
+DataFrame with a binary column `dicom` (the file's bytes; base64 strings in the scoring
+server's JSON) or a string column `path`, and an optional `name` per row. It returns one row
+per slice: file, frame, p_<positive>, label, threshold, error. Inside it is a
+`serving.Predictor` built from the members' `model.keras` files and a JSON `ServingSpec`,
+both logged as artifacts; the `components` package travels with it (`code_paths`), so
+`mlflow models serve` works from any folder.
+
+Promotion uses aliases only: a new version becomes `champion` when there is none, or when it
+beats the champion on the same test set (recorded values when both were tested on the same
+data version, else the champion re-scored on the current test set), by more than zero and at
+least `min_improvement`; otherwise it becomes `challenger`. The comparison is written as
+`promotion.*` tags on the new version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
+
+from components.config import Config, Window
+from components.evaluation import LEVELS, EvaluationResults, parse_metric_name
+from components.metrics import (
+    ALL_METRICS,
+    LOWER_IS_BETTER,
+    THRESHOLD_METRICS,
+    aggregate_patients,
+    resampled_metrics,
+)
+from components.serving import MemberSpec, Predictor, ServingSpec
+from components.tracking import KIND_TAG, PARENT_TAG, Store, connect, git_commit, resolve_store
+from components.training import METRICS_FILE, MODEL_FILE
+
+if TYPE_CHECKING:
+    from components.report import RegistryOutcome
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_ARTIFACT = "model"
+SPEC_ARTIFACT = "serving_spec"
+SPEC_FILE = "serving_spec.json"
+
+CANDIDATE_TAG = "candidate"
+BACKBONES_TAG = "backbones"
+DATA_VERSION_TAG = "data_version"
+GIT_COMMIT_TAG = "git_commit"
+WEIGHTS_TAG = "weights"
+TEST_TAG_PREFIX = "test."
+PROMOTION_PREFIX = "promotion."
+
+INPUT_COLUMNS = ("dicom", "path", "name")
+# The scoring server holds the whole request in memory; a reverse proxy in front should cap
+# the body too (nginx client_max_body_size), this only stops the decoding of what got in.
+MAX_REQUEST_BYTES = 256 * 1024 * 1024
+MAX_REQUEST_BYTES_ENV = "MYELOMET_MAX_REQUEST_BYTES"
+# The scoring server refuses `path` rows unless this is "1": a client must not make the
+# server read files from its own disk.
+ALLOW_PATHS_ENV = "MYELOMET_SERVE_ALLOW_PATHS"
+# Set to "true" by MLflow's scoring server (and `mlflow models predict`) before it serves.
+_SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
+
+_PINNED = (
+    "mlflow",
+    "tensorflow",
+    "keras",
+    "numpy",
+    "pandas",
+    "pillow",
+    "pydantic",
+    "pyyaml",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
+)
+
+
+def _output_columns(probability_key: str) -> tuple[str, ...]:
+    return ("file", "frame", probability_key, "label", "threshold", "error")
+
+
+class MyelometModel(mlflow.pyfunc.PythonModel):
+    """The registered pyfunc: DICOM files in, one row per slice out."""
+
+    def __init__(self) -> None:
+        self.predictor: Predictor | None = None
+        self.max_request_bytes = MAX_REQUEST_BYTES
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        """Load the members' keras models and the serving spec, and trace inference once.
+
+        Raises:
+            ValueError: the spec is unreadable, does not fit the models, or
+                MYELOMET_MAX_REQUEST_BYTES is not a positive integer.
+        """
+        spec = ServingSpec.from_json(Path(context.artifacts[SPEC_ARTIFACT]).read_text())
+        files = [Path(context.artifacts[_model_key(m.backbone)]) for m in spec.members]
+        self.predictor = Predictor.load(spec, files)
+        limit = os.environ.get(MAX_REQUEST_BYTES_ENV, str(MAX_REQUEST_BYTES))
+        if not limit.isdigit() or int(limit) == 0:
+            raise ValueError(f"{MAX_REQUEST_BYTES_ENV}={limit!r}: expected a positive integer")
+        self.max_request_bytes = int(limit)
+
+    def predict(
+        self,
+        context: mlflow.pyfunc.PythonModelContext,
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """Predict every slice of the files of the input rows.
+
+        Args:
+            context: unused; the artifacts were read by load_context.
+            model_input: a `dicom` (bytes) and/or `path` column, optional `name`.
+            params: unused.
+
+        Returns:
+            Columns file, frame, p_<positive>, label, threshold, error; one row per slice
+            (frame set for multi-frame files) or per unusable file (error set).
+
+        Raises:
+            MlflowException: (HTTP 400 when served) no dicom or path column, a row without
+                either, text in `dicom`, paths sent to the scoring server, or more DICOM
+                bytes than MYELOMET_MAX_REQUEST_BYTES.
+        """
+        if self.predictor is None:
+            raise RuntimeError("the model is not loaded; load it with mlflow.pyfunc.load_model")
+        sources, names = self._sources(model_input)
+        rows = self.predictor.predict_sources(sources, names)
+        columns = _output_columns(self.predictor.spec.probability_key)
+        return pd.DataFrame(
+            [[row.get(c) for c in columns] for row in rows], columns=list(columns), dtype=object
+        )
+
+    def _sources(self, frame: pd.DataFrame) -> tuple[list[bytes | str], list[str]]:
+        if not isinstance(frame, pd.DataFrame) or not {"dicom", "path"} & set(frame.columns):
+            raise MlflowException.invalid_parameter_value(
+                'send a "dicom" column (each file\'s bytes, base64-encoded in JSON) or a "path" '
+                'column, e.g. {"dataframe_split": {"columns": ["dicom"], "data": [["<base64>"]]}}'
+            )
+        served = os.environ.get(_SERVING_ENV, "").lower() in ("true", "1")
+        paths_allowed = not served or os.environ.get(ALLOW_PATHS_ENV) == "1"
+        sources: list[bytes | str] = []
+        names: list[str] = []
+        total = 0
+        for i, row in enumerate(frame.itertuples(index=False)):
+            data = getattr(row, "dicom", None)
+            path = getattr(row, "path", None)
+            name = getattr(row, "name", None)
+            if _present(data):
+                if not isinstance(data, bytes | bytearray | memoryview):
+                    raise MlflowException.invalid_parameter_value(
+                        f"row {i}: dicom holds {type(data).__name__}, not bytes; send the file's "
+                        "bytes (base64-encoded in JSON)"
+                    )
+                total += len(data)
+                sources.append(bytes(data))
+                names.append(str(name) if _present(name) else f"dicom[{i}]")
+            elif _present(path):
+                if not paths_allowed:
+                    raise MlflowException.invalid_parameter_value(
+                        "the model server does not read files from its own disk; send each "
+                        f"file's bytes in the dicom column (or start it with {ALLOW_PATHS_ENV}=1 "
+                        "on a trusted host)"
+                    )
+                sources.append(str(path))
+                names.append(str(name) if _present(name) else str(path))
+            else:
+                raise MlflowException.invalid_parameter_value(f"row {i} has neither dicom nor path")
+        if total > self.max_request_bytes:
+            raise MlflowException.invalid_parameter_value(
+                f"the request carries {total} bytes of DICOM, over the limit of "
+                f"{self.max_request_bytes} ({MAX_REQUEST_BYTES_ENV}); send fewer files per request"
+            )
+        return sources, names
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _model_key(backbone: str) -> str:
+    return f"keras_{backbone}"
+
+
+def signature(probability_key: str) -> ModelSignature:
+    """The pyfunc's signature: optional dicom (binary), path and name in; one row per slice out."""
+    inputs = Schema(
+        [
+            ColSpec("binary", "dicom", required=False),
+            ColSpec("string", "path", required=False),
+            ColSpec("string", "name", required=False),
+        ]
+    )
+    types = ("string", "long", "double", "string", "double", "string")
+    outputs = Schema(
+        [
+            ColSpec(t, c, required=c == "file")
+            for t, c in zip(types, _output_columns(probability_key), strict=True)
+        ]
+    )
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def pip_requirements() -> list[str]:
+    """The served model's requirements, pinned to the versions installed here."""
+    pins = []
+    for dist in _PINNED:
+        try:
+            pins.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue  # an optional decoder plugin that is not installed here
+    return pins
+
+
+@dataclass(frozen=True)
+class LoggedCandidate:
+    """A candidate logged as a pyfunc, ready for `register_and_promote`.
+
+    Attributes:
+        model_uri: the logged model's URI (models:/m-...).
+        run_id: the registration run, a child of the study run.
+        tags: candidate, backbones, data_version, weights, git_commit and thresholds, for the
+            model version.
+    """
+
+    model_uri: str
+    run_id: str
+    tags: dict[str, str]
+
+
+def _member_metrics(models_dir: Path, backbone: str) -> dict[str, Any]:
+    folder = models_dir / backbone
+    for name in (MODEL_FILE, METRICS_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"{folder / name}: not found; run `myelomet train` for {backbone}"
+            )
+    return json.loads((folder / METRICS_FILE).read_text())
+
+
+def log_candidate(
+    store: Store,
+    parent_run_id: str,
+    candidate: str,
+    members: Sequence[str],
+    models_dir: Path,
+    windows: Sequence[Window],
+    classes: Sequence[str],
+    positive_class: str,
+    thresholds: Mapping[str, float],
+    root: Path | None = None,
+) -> LoggedCandidate:
+    """Log a candidate as the pyfunc in a child run of the study.
+
+    The models are loaded and traced once here, with the code `load_context` runs, so a
+    candidate that cannot be served fails before it is registered.
+
+    Args:
+        store: the MLflow store.
+        parent_run_id: the study's run; the registration run is its child.
+        candidate: the evaluated candidate (a backbone or `ensemble`).
+        members: its backbones (EvaluationResults.candidates[name].members).
+        models_dir: the training output folder, `<models_dir>/<backbone>/model.keras`.
+        windows: the channel windows (InputConfig.channel_windows()).
+        classes: params `classes`, the order of the softmax outputs.
+        positive_class: params `positive_class`.
+        thresholds: level -> threshold chosen on validation (CandidateResult.thresholds).
+        root: project root, for the git commit tag.
+
+    Returns:
+        The logged model's URI, its run and the tags for its model version.
+
+    Raises:
+        FileNotFoundError: a member has no model.keras or metrics.json.
+        ValueError: the members were trained on different data, or the models do not fit
+            the spec.
+    """
+    models_dir = Path(models_dir)
+    info = {b: _member_metrics(models_dir, b) for b in members}
+    versions = {m["data_version"] for m in info.values()}
+    if len(versions) != 1:
+        raise ValueError(
+            f"members {list(members)} were trained on different data versions {sorted(versions)}; "
+            "retrain them on the same split"
+        )
+    spec = ServingSpec(
+        candidate=candidate,
+        members=tuple(MemberSpec(b, int(info[b]["image_size"]), tuple(windows)) for b in members),
+        classes=tuple(classes),
+        positive_class=positive_class,
+        thresholds={k: float(v) for k, v in thresholds.items()},
+    )
+    model_files = {b: models_dir / b / MODEL_FILE for b in members}
+    Predictor.load(spec, list(model_files.values()))
+    tags = {
+        CANDIDATE_TAG: candidate,
+        BACKBONES_TAG: ",".join(members),
+        DATA_VERSION_TAG: versions.pop(),
+        WEIGHTS_TAG: ",".join(str(info[b].get("weights")) for b in members),
+        GIT_COMMIT_TAG: (git_commit(root) if root is not None else None) or "none",
+        **{f"threshold.{k}": f"{v:.6g}" for k, v in spec.thresholds.items()},
+    }
+    experiment_id = connect(store)
+    run_tags = {PARENT_TAG: parent_run_id, KIND_TAG: "registration", **tags}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mlflow.start_run(
+            experiment_id=experiment_id, run_name=f"register {candidate}", tags=run_tags
+        ) as run,
+    ):
+        spec_file = Path(tmp) / SPEC_FILE
+        spec_file.write_text(spec.to_json())
+        logged = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=MyelometModel(),
+            artifacts={
+                SPEC_ARTIFACT: str(spec_file),
+                **{_model_key(b): str(f) for b, f in model_files.items()},
+            },
+            code_paths=[str(Path(__file__).resolve().parent)],
+            signature=signature(spec.probability_key),
+            pip_requirements=pip_requirements(),
+        )
+    return LoggedCandidate(logged.model_uri, run.info.run_id, tags)
+
+
+def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points at, or None (no such alias or registered model)."""
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    version = model.aliases.get(alias)
+    return client.get_model_version(name, version) if version is not None else None
+
+
+@dataclass(frozen=True)
+class _Decision:
+    promote: bool
+    champion_value: float | None
+    compared: str  # first | recorded | rescored | not_comparable
+    reason: str
+
+
+def _decide(
+    champion: ModelVersion | None,
+    data_version: str,
+    metric: str,
+    new_value: float,
+    rescore: Callable[[str], float] | None,
+    min_improvement: float,
+    name: str,
+) -> _Decision:
+    if champion is None:
+        return _Decision(True, None, "first", "no champion yet: the first version becomes it")
+    recorded = champion.tags.get(f"{TEST_TAG_PREFIX}{metric}")
+    if champion.tags.get(DATA_VERSION_TAG) == data_version and recorded is not None:
+        old, compared = float(recorded), "recorded"
+        basis = f"recorded on the same data version {data_version}"
+    elif rescore is not None:
+        old, compared = float(rescore(f"models:/{name}/{champion.version}")), "rescored"
+        basis = f"re-scored on the current test set, data version {data_version}"
+    else:
+        return _Decision(
+            False,
+            None,
+            "not_comparable",
+            f"champion v{champion.version} was tested on data version "
+            f"{champion.tags.get(DATA_VERSION_TAG)}, this version on {data_version}, and no "
+            "re-scoring was given; the champion stays",
+        )
+    _, base_metric = parse_metric_name(metric)
+    gain = old - new_value if base_metric in LOWER_IS_BETTER else new_value - old
+    promote = math.isfinite(gain) and gain > 0 and gain >= min_improvement
+    verdict = "beats" if promote else "does not beat"
+    return _Decision(
+        promote,
+        old,
+        compared,
+        f"test {metric} {new_value:.4f} {verdict} champion v{champion.version}'s {old:.4f} "
+        f"({basis}) by more than 0 and at least {min_improvement:g} (difference {gain:+.4f})",
+    )
+
+
+def register_and_promote(
+    store: Store,
+    model_uri: str,
+    name: str,
+    tags: Mapping[str, str],
+    test_metric_name: str,
+    new_test_value: float,
+    champion_rescore: Callable[[str], float] | None,
+    min_improvement: float,
+) -> RegistryOutcome:
+    """Register a new version and give it the `champion` alias only if it earns it.
+
+    Args:
+        store: the MLflow store (its tracking URI is also the registry).
+        model_uri: the logged model (LoggedCandidate.model_uri).
+        name: registered model name (params evaluation.registered_model).
+        tags: version tags; must hold `candidate` and `data_version` (LoggedCandidate.tags,
+            plus any test metrics to record).
+        test_metric_name: `<level>_<metric>` compared (params evaluation.select_metric).
+        new_test_value: the new version's value of it on the test set.
+        champion_rescore: the champion's value of the metric on the current test set from
+            its model URI (see `rescorer`); used only when the champion was tested on another
+            data version. None: such a champion is kept.
+        min_improvement: the least gain over the champion that promotes.
+
+    Returns:
+        What happened, for the study report.
+
+    Raises:
+        ValueError: tags lack candidate or data_version, or the metric name is invalid.
+    """
+    from components.report import RegistryOutcome
+
+    missing = [t for t in (CANDIDATE_TAG, DATA_VERSION_TAG) if t not in tags]
+    if missing:
+        raise ValueError(f"tags lack {missing}; pass LoggedCandidate.tags")
+    parse_metric_name(test_metric_name)
+    connect(store)
+    client = MlflowClient(store.tracking_uri)
+    champion = _by_alias(client, name, CHAMPION)
+    champion_version = str(champion.version) if champion is not None else None
+    version_tags = {
+        **{k: str(v) for k, v in tags.items()},
+        f"{TEST_TAG_PREFIX}{test_metric_name}": repr(float(new_test_value)),
+    }
+    version = str(mlflow.register_model(model_uri, name, tags=version_tags).version)
+    decision = _decide(
+        champion,
+        tags[DATA_VERSION_TAG],
+        test_metric_name,
+        float(new_test_value),
+        champion_rescore,
+        min_improvement,
+        name,
+    )
+    alias = CHAMPION if decision.promote else CHALLENGER
+    client.set_registered_model_alias(name, alias, version)
+    promotion = {
+        "decision": alias,
+        "metric": test_metric_name,
+        "new_value": repr(float(new_test_value)),
+        "champion_version": champion_version or "none",
+        "champion_value": repr(decision.champion_value)
+        if decision.champion_value is not None
+        else "none",
+        "compared": decision.compared,
+        "min_improvement": repr(float(min_improvement)),
+        "reason": decision.reason,
+    }
+    for key, value in promotion.items():
+        client.set_model_version_tag(name, version, f"{PROMOTION_PREFIX}{key}", value)
+    return RegistryOutcome(
+        model_name=name,
+        version=version,
+        alias=alias,
+        candidate=tags[CANDIDATE_TAG],
+        metric=test_metric_name,
+        value=float(new_test_value),
+        previous_version=champion_version,
+        previous_value=decision.champion_value,
+        reason=decision.reason,
+    )
+
+
+def load_predictor(model_uri: str) -> Predictor:
+    """The Predictor inside a registered or logged pyfunc (e.g. models:/myelomet@champion).
+
+    Raises:
+        MlflowException: no model at the URI.
+        TypeError: the model is not a myelomet pyfunc.
+    """
+    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    predictor = getattr(model, "predictor", None)
+    if not isinstance(predictor, Predictor):
+        raise TypeError(f"{model_uri} is not a myelomet model (no serving Predictor inside)")
+    return predictor
+
+
+def rescorer(
+    test_hu: Sequence[np.ndarray],
+    y: npt.ArrayLike,
+    patients: npt.ArrayLike,
+    metric_name: str,
+    n_bins: int = 10,
+) -> Callable[[str], float]:
+    """A `champion_rescore`: a model's point value of a metric on the given test slices.
+
+    Threshold metrics use the model's own threshold of the metric's level.
+
+    Args:
+        test_hu: the test slices in HU, 2-D each.
+        y: 1 for the positive class, per slice.
+        patients: patient of each slice.
+        metric_name: `<level>_<metric>`, e.g. patient_auc.
+        n_bins: calibration bins (params evaluation.calibration_bins) for the ECE.
+
+    Raises:
+        ValueError: the metric name is invalid (at once); when called, the model lacks a
+            threshold the metric needs.
+    """
+    level, metric = parse_metric_name(metric_name)
+
+    def rescore(model_uri: str) -> float:
+        predictor = load_predictor(model_uri)
+        p = predictor.predict_hu(test_hu)
+        rows = pd.DataFrame({"patient": np.asarray(patients), "y": np.asarray(y), "p": p})
+        if level == "patient":
+            rows = aggregate_patients(rows["patient"], rows["y"], rows["p"])
+        threshold = predictor.spec.thresholds.get(level)
+        if threshold is None and metric in THRESHOLD_METRICS:
+            raise ValueError(f"{model_uri} has no {level} threshold; {metric_name} needs one")
+        values = resampled_metrics(
+            rows["y"],
+            rows["p"],
+            rows["patient"],
+            threshold if threshold is not None else 0.5,
+            np.ones((1, rows["patient"].nunique())),
+            n_bins,
+        )
+        return float(values[metric].iloc[0])
+
+    return rescore
+
+
+def load_test_slices(
+    manifest: Path, split: Path, positive_class: str
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The test split's HU slices, labels (1 = positive class) and patients, as ingested.
+
+    Raises:
+        FileNotFoundError: manifest, split or a slice file is missing.
+        ValueError: the split names image_ids the manifest lacks.
+    """
+    rows = pd.read_csv(split, dtype=str)
+    rows = rows[rows["split"] == "test"]
+    files = pd.read_csv(manifest, usecols=["image_id", "file"], dtype=str)
+    test = rows.merge(files, on="image_id", how="left", validate="one_to_one")
+    if test["file"].isna().any():
+        raise ValueError(f"{split}: test image_ids missing from {manifest}; rerun `myelomet split`")
+    hu = [np.load(manifest.parent / f) for f in test["file"]]
+    y = (test["label"] == positive_class).to_numpy(dtype=int)
+    return hu, y, test["patient"].to_numpy()
+
+
+def register_selected(
+    cfg: Config, results: EvaluationResults, parent_run_id: str
+) -> RegistryOutcome:
+    """Log the selected candidate, register it and run the promotion gate (evaluate flow).
+
+    The new version is compared on params `evaluation.select_metric` at test; a champion
+    tested on another data version is re-scored on the current test slices (read only then).
+
+    Args:
+        cfg: the parsed params.yaml.
+        results: evaluation of the candidates; `results.selected` is registered.
+        parent_run_id: the study's MLflow run.
+
+    Returns:
+        What happened, for the study report.
+
+    Raises:
+        FileNotFoundError, ValueError: as `log_candidate` and `register_and_promote`.
+    """
+    chosen = results.candidates[results.selected]
+    store = resolve_store(cfg.tracking, cfg.root)
+    logged = log_candidate(
+        store,
+        parent_run_id,
+        chosen.name,
+        chosen.members,
+        cfg.path(cfg.training.models_out),
+        cfg.input.channel_windows(),
+        cfg.classes,
+        cfg.positive_class,
+        chosen.thresholds,
+        root=cfg.root,
+    )
+    test = chosen.metrics["test"]
+    metrics = {
+        f"{TEST_TAG_PREFIX}{level}_{m}": repr(test[level][m].value)
+        for level in LEVELS
+        for m in ALL_METRICS
+        if math.isfinite(test[level][m].value)
+    }
+    metric = cfg.evaluation.select_metric
+    level, name = parse_metric_name(metric)
+
+    def rescore(model_uri: str) -> float:
+        hu, y, patients = load_test_slices(
+            cfg.path(cfg.ingest.out) / "manifest.csv", cfg.path(cfg.split.out), cfg.positive_class
+        )
+        return rescorer(hu, y, patients, metric, cfg.evaluation.calibration_bins)(model_uri)
+
+    return register_and_promote(
+        store,
+        logged.model_uri,
+        cfg.evaluation.registered_model,
+        {**logged.tags, **metrics},
+        metric,
+        test[level][name].value,
+        rescore,
+        cfg.evaluation.min_improvement,
+    )
+
+
+def predict_main(paths: list[str], model_uri: str, tracking_uri: str) -> int:
+    """`myelomet predict PATH... [--model URI]`: one JSON line per slice on stdout.
+
+    Args:
+        paths: DICOM files or folders.
+        model_uri: e.g. models:/myelomet@champion.
+        tracking_uri: the MLflow store holding the registry.
+
+    Returns:
+        0 when at least one slice was predicted, 1 when every item errored, 2 when the model
+        cannot be loaded.
+    """
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        predictor = load_predictor(model_uri)
+    except (MlflowException, OSError, TypeError) as exc:
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        print(
+            f"myelomet predict: error: cannot load {model_uri} from {tracking_uri}: {message}; "
+            "register a model with `myelomet evaluate` or pass --model URI",
+            file=sys.stderr,
+        )
+        return 2
+    n_rows = n_errors = 0
+    for row in predictor.iter_predictions(paths):
+        print(json.dumps(row), flush=True)
+        n_rows += 1
+        n_errors += "error" in row
+    return 1 if n_errors == n_rows else 0

@@ -1,0 +1,369 @@
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from components import registry, tracking
+from components.backbones import load_model
+from components.config import Config, EvaluationConfig, TrackingConfig
+from components.dataset import model_input
+from components.dicom import read_ct
+from components.evaluation import evaluate
+from components.metrics import aggregate_patients, roc_auc, threshold_metrics
+from tests.dicom_factory import write_mr, write_multiframe, write_plain
+from tests.model_factory import (
+    BACKBONE,
+    CLASSES,
+    POSITIVE,
+    SIZE,
+    WINDOWS,
+    ct_like_slices,
+    tiny_model,
+    write_models_dir,
+)
+
+THRESHOLDS = {"slice": 0.4, "patient": 0.35}
+CONTRACT = ["file", "frame", "p_mm", "label", "threshold", "error"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield tracking.resolve_store(TrackingConfig(experiment="registry-test"), root)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return write_models_dir(tmp_path_factory.mktemp("training"), tiny_model())
+
+
+@pytest.fixture(scope="module")
+def study(store):
+    return tracking.start_study(store, "study")
+
+
+@pytest.fixture(scope="module")
+def logged(store, study, models_dir):
+    return registry.log_candidate(
+        store, study, BACKBONE, [BACKBONE], models_dir, WINDOWS, CLASSES, POSITIVE, THRESHOLDS
+    )
+
+
+@pytest.fixture(scope="module")
+def pyfunc(logged):
+    return mlflow.pyfunc.load_model(logged.model_uri)
+
+
+@pytest.fixture(scope="module")
+def ct_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("dicom")
+    return [
+        write_plain(folder / f"ct{i}.dcm", seed=i, intercept=-1024 + 300 * i).path for i in range(3)
+    ]
+
+
+def _keras_p(models_dir: Path, hu_slices) -> np.ndarray:
+    model = load_model(models_dir / BACKBONE / "model.keras")
+    x = np.stack([model_input(hu, WINDOWS, SIZE) for hu in hu_slices])
+    return model(x, training=False).numpy()[:, CLASSES.index(POSITIVE)]
+
+
+def test_the_candidate_is_logged_as_a_pyfunc_in_a_child_run_of_the_study(store, study, logged):
+    client = MlflowClient(store.tracking_uri)
+    run = client.get_run(logged.run_id)
+    assert run.data.tags[tracking.PARENT_TAG] == study
+    assert run.data.tags[tracking.KIND_TAG] == "registration"
+    assert run.data.tags["candidate"] == BACKBONE
+    assert logged.tags["data_version"] == "dv1"
+    assert logged.tags["backbones"] == BACKBONE
+    assert logged.tags["threshold.slice"] == "0.4"
+
+    info = mlflow.models.get_model_info(logged.model_uri)
+    assert info.signature.inputs.input_names() == ["dicom", "path", "name"]
+    assert [t.name for t in info.signature.inputs.input_types()] == ["binary", "string", "string"]
+    assert not info.signature.inputs.required_input_names()
+    assert info.signature.outputs.input_names() == CONTRACT
+    assert info.flavors["python_function"]["code"] == "code"
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(logged.model_uri)).read_text()
+    for dist in ("mlflow", "tensorflow", "keras", "pydicom", "pandas"):
+        assert f"{dist}==" in requirements
+
+
+def test_the_pyfunc_predicts_dicom_bytes_and_paths_like_keras_on_model_input(
+    pyfunc, models_dir, ct_files, tmp_path
+):
+    expected = _keras_p(models_dir, [read_ct(f).hu[0] for f in ct_files])
+    multi = write_multiframe(tmp_path / "multi.dcm", frames=2)
+    mr = write_mr(tmp_path / "mr.dcm").path
+
+    out = pyfunc.predict(
+        pd.DataFrame(
+            {
+                "dicom": [f.read_bytes() for f in ct_files] + [b"garbage", mr.read_bytes()],
+                "name": ["a", "b", "c", "junk", None],
+            }
+        )
+    )
+    assert list(out.columns) == CONTRACT
+    assert list(out["file"]) == ["a", "b", "c", "junk", "dicom[4]"]
+    np.testing.assert_allclose(out["p_mm"][:3].astype(float), expected, rtol=1e-5, atol=1e-6)
+    assert list(out["label"][:3]) == ["MM" if p >= 0.4 else "OMBT" for p in expected]
+    assert list(out["threshold"][:3]) == [0.4] * 3
+    assert out["error"][:3].isna().all() and out["frame"][:3].isna().all()
+    assert out["error"][3].startswith("not_dicom") and out["error"][4].startswith("modality_not_ct")
+    assert out.loc[3:, "p_mm"].isna().all()
+
+    by_path = pyfunc.predict(pd.DataFrame({"path": [str(ct_files[0]), str(multi.path)]}))
+    assert list(by_path["file"]) == [str(ct_files[0])] + [str(multi.path)] * 2
+    assert list(by_path["frame"]) == [None, 0, 1]
+    np.testing.assert_allclose(by_path["p_mm"][0], expected[0], rtol=1e-5)
+    json.dumps(by_path.to_dict(orient="records"))  # what the scoring server returns
+
+
+def test_the_pyfunc_refuses_requests_it_cannot_serve(pyfunc, ct_files, monkeypatch):
+    model = pyfunc.unwrap_python_model()
+    with pytest.raises(MlflowException, match='send a "dicom" column'):
+        model.predict(None, pd.DataFrame({"name": ["x"]}))
+    with pytest.raises(MlflowException, match="dicom holds str, not bytes"):
+        model.predict(None, pd.DataFrame({"dicom": ["aGVsbG8="]}))
+    with pytest.raises(MlflowException, match="row 0 has neither dicom nor path"):
+        model.predict(None, pd.DataFrame({"dicom": [None], "path": [None]}))
+
+    monkeypatch.setattr(model, "max_request_bytes", 1000)
+    with pytest.raises(MlflowException, match="over the limit of 1000"):
+        model.predict(None, pd.DataFrame({"dicom": [ct_files[0].read_bytes()]}))
+
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")
+    with pytest.raises(MlflowException, match="does not read files from its own disk"):
+        model.predict(None, pd.DataFrame({"path": [str(ct_files[0])]}))
+    monkeypatch.setenv(registry.ALLOW_PATHS_ENV, "1")
+    assert model.predict(None, pd.DataFrame({"path": [str(ct_files[0])]}))["error"].isna().all()
+
+
+def test_max_request_bytes_comes_from_the_environment(logged, monkeypatch):
+    monkeypatch.setenv(registry.MAX_REQUEST_BYTES_ENV, "12345")
+    assert (
+        mlflow.pyfunc.load_model(logged.model_uri).unwrap_python_model().max_request_bytes == 12345
+    )
+    monkeypatch.setenv(registry.MAX_REQUEST_BYTES_ENV, "lots")
+    with pytest.raises(ValueError, match="expected a positive integer"):
+        mlflow.pyfunc.load_model(logged.model_uri)
+
+
+def _register(store, logged, name, value, metric="patient_auc", **kwargs):
+    tags = {**logged.tags, "data_version": kwargs.pop("data_version", "dv1")}
+    return registry.register_and_promote(
+        store,
+        logged.model_uri,
+        name,
+        tags,
+        metric,
+        value,
+        kwargs.pop("rescore", None),
+        kwargs.pop("min_improvement", 0.0),
+    )
+
+
+def _aliases(store, name) -> dict[str, str]:
+    aliases = MlflowClient(store.tracking_uri).get_registered_model(name).aliases
+    return {alias: str(version) for alias, version in aliases.items()}
+
+
+def _tags(store, name, version) -> dict[str, str]:
+    return MlflowClient(store.tracking_uri).get_model_version(name, version).tags
+
+
+def test_the_first_version_becomes_champion_with_its_tags(store, logged):
+    outcome = _register(store, logged, "first", 0.8)
+
+    assert (outcome.version, outcome.alias, outcome.candidate) == ("1", "champion", BACKBONE)
+    assert (outcome.previous_version, outcome.previous_value) == (None, None)
+    assert _aliases(store, "first") == {"champion": "1"}
+    tags = _tags(store, "first", "1")
+    assert tags["data_version"] == "dv1" and tags["backbones"] == BACKBONE
+    assert tags["test.patient_auc"] == "0.8"
+    assert tags["promotion.decision"] == "champion"
+    assert tags["promotion.compared"] == "first"
+    assert tags["promotion.champion_version"] == "none"
+    version = MlflowClient(store.tracking_uri).get_model_version("first", "1")
+    assert version.current_stage == "None"  # aliases only, never stages
+
+
+def test_a_worse_or_equal_version_is_challenger_and_never_takes_champion(store, logged):
+    _register(store, logged, "worse", 0.8)
+
+    worse = _register(store, logged, "worse", 0.7)
+    assert (worse.alias, worse.previous_version, worse.previous_value) == ("challenger", "1", 0.8)
+    assert _aliases(store, "worse") == {"champion": "1", "challenger": "2"}
+    tags = _tags(store, "worse", "2")
+    assert tags["promotion.decision"] == "challenger"
+    assert tags["promotion.champion_version"] == "1"
+    assert tags["promotion.champion_value"] == "0.8"
+    assert tags["promotion.new_value"] == "0.7"
+    assert tags["promotion.compared"] == "recorded"
+    assert "does not beat" in tags["promotion.reason"]
+
+    assert _register(store, logged, "worse", 0.8).alias == "challenger"  # a tie is not a win
+    short = _register(store, logged, "worse", 0.83, min_improvement=0.05)
+    assert short.alias == "challenger"
+    assert _aliases(store, "worse") == {"champion": "1", "challenger": "4"}
+
+
+def test_a_better_version_takes_champion_from_the_old_one(store, logged):
+    _register(store, logged, "better", 0.8)
+    _register(store, logged, "better", 0.7)
+
+    better = _register(store, logged, "better", 0.86, min_improvement=0.05)
+
+    assert (better.alias, better.version, better.previous_version) == ("champion", "3", "1")
+    assert _aliases(store, "better") == {"champion": "3", "challenger": "2"}
+    assert "beats champion v1" in better.reason
+    assert _tags(store, "better", "3")["promotion.decision"] == "champion"
+
+
+def test_lower_is_better_metrics_promote_the_smaller_value(store, logged):
+    _register(store, logged, "brier", 0.20, metric="patient_brier")
+    assert _register(store, logged, "brier", 0.25, metric="patient_brier").alias == "challenger"
+    assert _register(store, logged, "brier", 0.15, metric="patient_brier").alias == "champion"
+
+
+def test_a_champion_tested_on_other_data_is_rescored_or_kept(store, logged):
+    _register(store, logged, "drift", 0.8, data_version="dv0")
+
+    kept = _register(store, logged, "drift", 0.9)
+    assert kept.alias == "challenger"
+    assert _tags(store, "drift", "2")["promotion.compared"] == "not_comparable"
+
+    calls = []
+
+    def rescore(uri: str) -> float:
+        calls.append(uri)
+        return 0.6
+
+    promoted = _register(store, logged, "drift", 0.7, rescore=rescore)
+    assert calls == ["models:/drift/1"]
+    assert (promoted.alias, promoted.previous_value) == ("champion", 0.6)
+    assert _tags(store, "drift", "3")["promotion.compared"] == "rescored"
+    assert _aliases(store, "drift")["champion"] == "3"
+
+
+def test_register_needs_the_candidate_tags(store, logged):
+    with pytest.raises(ValueError, match="tags lack"):
+        registry.register_and_promote(
+            store, logged.model_uri, "x", {"candidate": "a"}, "patient_auc", 0.5, None, 0.0
+        )
+    with pytest.raises(ValueError, match="<level>_<metric>"):
+        registry.register_and_promote(
+            store, logged.model_uri, "x", logged.tags, "auc", 0.5, None, 0.0
+        )
+
+
+def test_rescorer_scores_a_registered_model_on_the_given_slices(store, logged, models_dir):
+    _register(store, logged, "rescored", 0.8)
+    hu = ct_like_slices(8)
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    patients = np.repeat(["a", "b", "c", "d"], 2)
+    p = _keras_p(models_dir, hu)
+
+    auc = registry.rescorer(hu, y, patients, "patient_auc")("models:/rescored/1")
+    per_patient = aggregate_patients(patients, y, p)
+    assert auc == pytest.approx(roc_auc(per_patient["y"], per_patient["p"]))
+
+    sensitivity = registry.rescorer(hu, y, patients, "slice_sensitivity")("models:/rescored/1")
+    assert sensitivity == pytest.approx(threshold_metrics(y, p, 0.4)["sensitivity"])
+
+
+def test_predict_main_prints_one_json_line_per_slice(store, logged, ct_files, tmp_path, capsys):
+    _register(store, logged, "cli", 0.8)
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"\x00" * 300)
+
+    code = registry.predict_main(
+        [str(ct_files[0]), str(garbage)], "models:/cli@champion", store.tracking_uri
+    )
+
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert list(lines[0]) == ["file", "p_mm", "label", "threshold"]
+    assert lines[0]["file"] == str(ct_files[0]) and 0 <= lines[0]["p_mm"] <= 1
+    assert set(lines[1]) == {"file", "error"} and lines[1]["file"] == str(garbage)
+
+    assert registry.predict_main([str(garbage)], "models:/cli@champion", store.tracking_uri) == 1
+    capsys.readouterr()
+    assert (
+        registry.predict_main([str(garbage)], "models:/nothing@champion", store.tracking_uri) == 2
+    )
+    assert "cannot load models:/nothing@champion" in capsys.readouterr().err
+
+
+def test_log_candidate_needs_the_training_outputs_of_every_member(store, study, models_dir):
+    with pytest.raises(FileNotFoundError, match="run `myelomet train` for MobileNet"):
+        registry.log_candidate(
+            store, study, "ensemble", [BACKBONE, "MobileNet"], models_dir, WINDOWS, CLASSES,
+            POSITIVE, THRESHOLDS,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project root with trained models, a manifest of HU slices and a split."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_models_dir(tmp_path, tiny_model())
+    slices = tmp_path / "data" / "processed" / "slices"
+    slices.mkdir(parents=True)
+    hu = ct_like_slices(12)
+    rows = []
+    for i, image in enumerate(hu):
+        np.save(slices / f"im{i}.npy", image)
+        split = "val" if i < 6 else "test"
+        label = "MM" if (i // 2) % 2 == 0 else "OMBT"
+        rows.append((f"im{i}", f"pt{i // 2}", label, split, f"slices/im{i}.npy"))
+    table = pd.DataFrame(rows, columns=["image_id", "patient", "label", "split", "file"])
+    table.to_csv(slices.parent / "manifest.csv", index=False)
+    (tmp_path / "data" / "splits").mkdir(parents=True)
+    table.drop(columns="file").to_csv(tmp_path / "data" / "splits" / "split.csv", index=False)
+    p = _keras_p(tmp_path / "models", hu)
+    return tmp_path, table.assign(p=p)
+
+
+def test_register_selected_logs_registers_and_rescores_a_champion_of_other_data(project):
+    root, predictions = project
+    cfg = Config(root=root, evaluation=EvaluationConfig(n_bootstrap=10))
+    results = evaluate({BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0)
+    chosen = results.candidates[BACKBONE]
+
+    first = registry.register_selected(cfg, results, "parent-run")
+
+    store = tracking.resolve_store(cfg.tracking, root)
+    assert (first.version, first.alias, first.candidate) == ("1", "champion", BACKBONE)
+    tags = _tags(store, "myelomet", "1")
+    assert float(tags["test.patient_auc"]) == chosen.metrics["test"]["patient"]["auc"].value
+    assert (
+        float(tags["test.slice_sensitivity"])
+        == chosen.metrics["test"]["slice"]["sensitivity"].value
+    )
+    assert float(tags["threshold.slice"]) == pytest.approx(chosen.thresholds["slice"], rel=1e-5)
+
+    metrics_file = root / "models" / BACKBONE / "metrics.json"
+    metrics_file.write_text(
+        json.dumps({**json.loads(metrics_file.read_text()), "data_version": "dv2"})
+    )
+    second = registry.register_selected(cfg, results, "parent-run")
+
+    test = predictions[predictions["split"] == "test"]
+    per_patient = aggregate_patients(
+        test["patient"], (test["label"] == POSITIVE).astype(int), test["p"]
+    )
+    rescored = roc_auc(per_patient["y"], per_patient["p"])
+    assert second.previous_version == "1"
+    assert second.previous_value == pytest.approx(rescored)
+    assert _tags(store, "myelomet", "2")["promotion.compared"] == "rescored"
+    new = chosen.metrics["test"]["patient"]["auc"].value
+    assert second.alias == ("champion" if new > rescored else "challenger")

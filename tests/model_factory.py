@@ -1,0 +1,62 @@
+"""A tiny real model in a fake training output folder, and the serving values around it.
+
+VGG16 has no BatchNorm, so even with random weights its outputs depend on the input (a random
+BatchNorm network gives the same output for every image in inference mode). The softmax layer
+is then set so that, on CT-like slices, the logit difference is centred with a spread of about
+two: probabilities cover much of [0, 1] and both labels occur.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from components.backbones import build_model
+from components.config import InputConfig, Window
+from components.dataset import model_input
+from tests.dicom_factory import ct_dataset, expected_hu, stored_pixels
+
+BACKBONE = "VGG16"
+SIZE = 32
+CLASSES = ("MM", "OMBT")
+POSITIVE = "MM"
+WINDOWS: tuple[Window, ...] = tuple(InputConfig().channel_windows())
+
+
+def ct_like_slices(n: int = 16) -> list[np.ndarray]:
+    """HU slices like the test DICOM files, over a range of intensities."""
+    out = []
+    for i in range(n):
+        pixels = stored_pixels(seed=100 + i)
+        out.append(expected_hu(pixels, ct_dataset(pixels, intercept=-1024.0 + 100.0 * i))[0])
+    return out
+
+
+def tiny_model(seed: int = 1, backbone: str = BACKBONE) -> keras.Model:
+    """An untrained classifier on `backbone` at SIZE px whose outputs vary with the slice."""
+    keras.utils.set_random_seed(seed)
+    model = build_model(backbone, SIZE, "none", head_units=(8,), dropout=0.0)
+    x = np.stack([model_input(hu, WINDOWS, SIZE) for hu in ct_like_slices()])
+    hidden = keras.Model(model.inputs, model.get_layer("head_dense1").output)(x).numpy()
+    direction = np.random.default_rng(seed).normal(size=hidden.shape[1])
+    score = hidden @ direction
+    direction /= score.std() + 1e-12
+    offset = -(hidden @ direction).mean()
+    kernel = np.stack([direction, -direction], axis=1) / 2  # logit difference = h . direction
+    model.get_layer("head_softmax").set_weights([kernel, np.array([offset / 2, -offset / 2])])
+    return model
+
+
+def write_models_dir(
+    root: Path, model: keras.Model, backbone: str = BACKBONE, data_version: str = "dv1"
+) -> Path:
+    """`root/models/<backbone>/{model.keras, metrics.json}` as training writes them."""
+    folder = root / "models" / backbone
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    metrics = {"backbone": backbone, "image_size": SIZE, "weights": "random"}
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "data_version": data_version}))
+    return root / "models"

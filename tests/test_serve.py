@@ -1,0 +1,170 @@
+"""`mlflow models serve -m models:/myelomet@champion`: DICOM bytes in, a prediction out.
+
+The server runs from another folder; MLflow puts the model's own copy of `components`
+(code_paths) first on its path, so that is the code it serves with.
+"""
+
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import requests
+
+from components import registry, tracking
+from components.config import TrackingConfig
+from tests.dicom_factory import stored_pixels, write_plain
+from tests.model_factory import BACKBONE, CLASSES, POSITIVE, WINDOWS, tiny_model, write_models_dir
+
+pytestmark = pytest.mark.slow
+
+STARTUP_TIMEOUT_S = 120
+REQUEST_LIMIT = 100_000  # MYELOMET_MAX_REQUEST_BYTES of the server under test
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"no /ping within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(URL of the server, the same model loaded in this process)."""
+    root = tmp_path_factory.mktemp("serve")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        store = tracking.resolve_store(TrackingConfig(experiment="serve-test"), root)
+    models_dir = write_models_dir(root, tiny_model())
+    study = tracking.start_study(store, "serve")
+    logged = registry.log_candidate(
+        store, study, BACKBONE, [BACKBONE], models_dir, WINDOWS, CLASSES, POSITIVE, {"slice": 0.4}
+    )
+    registry.register_and_promote(
+        store, logged.model_uri, "myelomet", logged.tags, "patient_auc", 0.8, None, 0.0
+    )
+    url = f"http://127.0.0.1:{_free_port()}"
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+        "MLFLOW_TRACKING_URI": store.tracking_uri,
+        registry.MAX_REQUEST_BYTES_ENV: str(REQUEST_LIMIT),
+        # the server starts `uvicorn` by name: the one of this environment
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    workdir = root / "elsewhere"
+    workdir.mkdir()
+    log = root / "server.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/myelomet@champion",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1]],
+            cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_until_up(url, proc, log)
+        mlflow.set_tracking_uri(store.tracking_uri)
+        yield url, mlflow.pyfunc.load_model("models:/myelomet@champion")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def dicom_file(tmp_path_factory):
+    return write_plain(tmp_path_factory.mktemp("dicom") / "slice.dcm", intercept=-900).path
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def test_a_dicom_as_base64_gets_the_in_process_prediction(served, dicom_file):
+    url, local = served
+    data = [[_b64(dicom_file.read_bytes()), "slice.dcm"]]
+    body = {"dataframe_split": {"columns": ["dicom", "name"], "data": data}}
+
+    response = requests.post(f"{url}/invocations", json=body, timeout=60)
+
+    assert response.status_code == 200, response.text
+    [row] = response.json()["predictions"]
+    [expected] = local.predict({"dicom": [dicom_file.read_bytes()], "name": ["slice.dcm"]}).to_dict(
+        orient="records"
+    )
+    assert set(row) == {"file", "frame", "p_mm", "label", "threshold", "error"}
+    assert row["file"] == "slice.dcm" and row["error"] is None and row["frame"] is None
+    assert row["p_mm"] == pytest.approx(expected["p_mm"], rel=1e-4)
+    assert (row["label"], row["threshold"]) == (expected["label"], 0.4)
+
+
+def test_records_with_a_bad_item_still_predict_the_good_one(served, dicom_file):
+    url, _ = served
+    records = [{"dicom": _b64(dicom_file.read_bytes())}, {"dicom": _b64(b"junk")}]
+    body = {"dataframe_records": records}
+
+    response = requests.post(f"{url}/invocations", json=body, timeout=60)
+
+    assert response.status_code == 200, response.text
+    good, bad = response.json()["predictions"]
+    assert 0 <= good["p_mm"] <= 1 and good["error"] is None
+    assert bad["p_mm"] is None and bad["error"].startswith("not_dicom")
+
+
+def test_a_body_that_is_not_json_is_a_400_that_says_so(served):
+    url, _ = served
+    response = requests.post(
+        f"{url}/invocations",
+        data=b"\x00this is not json{",
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert "valid JSON" in response.json()["message"]
+
+    wrong_type = requests.post(
+        f"{url}/invocations", data=b"x", headers={"Content-Type": "image/png"}
+    )
+    assert wrong_type.status_code == 415
+
+
+def test_an_oversize_payload_is_a_400(served, tmp_path):
+    url, _ = served
+    big = write_plain(tmp_path / "big.dcm", pixels=stored_pixels(256, 256)).path.read_bytes()
+    assert len(big) > REQUEST_LIMIT
+    body = {"dataframe_split": {"columns": ["dicom"], "data": [[_b64(big)]]}}
+
+    response = requests.post(f"{url}/invocations", json=body, timeout=60)
+
+    assert response.status_code == 400
+    assert f"over the limit of {REQUEST_LIMIT}" in response.json()["message"]
+
+
+def test_the_server_does_not_read_paths_on_its_disk(served, dicom_file):
+    url, _ = served
+    body = {"dataframe_split": {"columns": ["path"], "data": [[str(dicom_file)]]}}
+    response = requests.post(f"{url}/invocations", json=body, timeout=30)
+    assert response.status_code == 400
+    assert "does not read files from its own disk" in response.json()["message"]
