@@ -69,6 +69,7 @@ class InputConfig(_Frozen):
         }
     )
     grey_window: str = "bone"
+    crop: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _windows_fit_mode(self) -> InputConfig:

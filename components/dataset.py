@@ -36,13 +36,27 @@ def _resize(channel: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
-def model_input(hu: np.ndarray, windows: Sequence[Window], size: int) -> np.ndarray:
+def center_crop(image: np.ndarray, fraction: float) -> np.ndarray:
+    """The central square whose side is `fraction` of the image's shorter side."""
+    if fraction >= 1.0:
+        return image
+    side = max(1, round(min(image.shape[:2]) * fraction))
+    top = (image.shape[0] - side) // 2
+    left = (image.shape[1] - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+def model_input(
+    hu: np.ndarray, windows: Sequence[Window], size: int, crop: float = 1.0
+) -> np.ndarray:
     """Turn an HU slice into the 3-channel image a backbone takes.
 
     Args:
         hu: a 2-D slice in Hounsfield units.
         windows: the window of each channel, three of them (InputConfig.channel_windows()).
         size: side of the square output in pixels (the backbone's input size).
+        crop: keep the central square of this fraction of the shorter side first
+            (InputConfig.crop; 1 keeps the whole slice).
 
     Returns:
         float32 array (size, size, 3) with values in [0, 255].
@@ -54,5 +68,6 @@ def model_input(hu: np.ndarray, windows: Sequence[Window], size: int) -> np.ndar
         raise ValueError(f"expected a 2-D HU slice, got shape {hu.shape}")
     if len(windows) != 3:
         raise ValueError(f"expected 3 channel windows, got {len(windows)}")
+    hu = center_crop(hu, crop)
     channels = [_resize(apply_window(hu, w), size) for w in windows]
     return np.stack(channels, axis=-1)

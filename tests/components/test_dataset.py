@@ -33,3 +33,13 @@ def test_bad_shapes_are_refused():
         model_input(np.zeros((2, 8, 8)), InputConfig().channel_windows(), 8)
     with pytest.raises(ValueError, match="3 channel windows"):
         model_input(np.zeros((8, 8)), [Window(center=0, width=1)], 8)
+
+
+def test_crop_keeps_the_central_square_before_resizing():
+    hu = np.full((100, 80), -1000, dtype=np.int16)
+    hu[40:60, 30:50] = 2000
+    w = InputConfig().windows["bone"]
+    x = model_input(hu, [w, w, w], 20, crop=0.25)
+    assert np.all(x[..., 0] == 255)
+    whole = model_input(hu, [w, w, w], 20)
+    assert whole[..., 0].mean() < x[..., 0].mean()

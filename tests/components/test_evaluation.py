@@ -100,15 +100,15 @@ def test_parse_metric_name():
 
 def test_load_predictions_renames_the_positive_probability(tmp_path):
     frame = (
-        _predictions()["VGG16"].rename(columns={"p": "p_MM"}).assign(p_OMBT=lambda f: 1 - f["p_MM"])
+        _predictions()["VGG16"].rename(columns={"p": "p_mm"}).assign(p_ombt=lambda f: 1 - f["p_mm"])
     )
     (tmp_path / "VGG16").mkdir()
     frame.to_csv(tmp_path / "VGG16" / "predictions.csv", index=False)
     loaded = load_predictions(tmp_path, ["VGG16"], "MM")
     assert list(loaded) == ["VGG16"]
     assert list(loaded["VGG16"].columns) == list(PREDICTION_COLUMNS)
-    np.testing.assert_allclose(loaded["VGG16"]["p"], frame["p_MM"])
-    with pytest.raises(ValueError, match="p_OMB"):
+    np.testing.assert_allclose(loaded["VGG16"]["p"], frame["p_mm"])
+    with pytest.raises(ValueError, match="p_omb"):
         load_predictions(tmp_path, ["VGG16"], "OMB")
     with pytest.raises(FileNotFoundError, match="myelomet train"):
         load_predictions(tmp_path, ["Xception"], "MM")

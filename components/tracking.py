@@ -1,0 +1,320 @@
+"""The one place that talks to MLflow.
+
+A study is one parent run; each backbone trains in its own process under a child run tagged
+`backbone=<name>` whose parent run id is passed in. The store is `tracking.uri` resolved
+against the project root (a relative `sqlite:///mlruns/mlflow.db` becomes an absolute path),
+with artifacts under `tracking.artifacts`; MLFLOW_TRACKING_URI, when set, wins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import math
+import os
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from components.config import TrackingConfig
+
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+    from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
+
+BACKBONE_TAG = "backbone"
+KIND_TAG = "myelomet.kind"
+PARENT_TAG = "mlflow.parentRunId"
+RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where runs go: tracking URI, artifact root for new experiments, experiment name."""
+
+    tracking_uri: str
+    artifact_location: str | None
+    experiment: str
+
+
+def _resolve_local(uri: str, root: Path) -> tuple[str, Path | None]:
+    """Make a relative sqlite or file store absolute; return it and the folder it needs."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        path = path if path.is_absolute() else root / path
+        return f"sqlite:///{path}", path.parent
+    if uri.startswith("file:") or "://" not in uri:
+        path = Path(uri.removeprefix("file://").removeprefix("file:"))
+        path = path if path.is_absolute() else root / path
+        return path.as_uri(), path
+    return uri, None
+
+
+def resolve_store(cfg: TrackingConfig, root: Path) -> Store:
+    """The store of params.yaml's tracking section, or MLFLOW_TRACKING_URI when set.
+
+    Args:
+        cfg: the tracking section.
+        root: project root, against which relative paths are resolved.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    uri, local = _resolve_local(uri, root)
+    artifacts = Path(cfg.artifacts)
+    artifacts = artifacts if artifacts.is_absolute() else root / artifacts
+    return Store(uri, artifacts.as_uri() if local is not None else None, cfg.experiment)
+
+
+def connect(store: Store) -> str:
+    """Point MLflow at the store and return the experiment id, creating the experiment.
+
+    Raises:
+        ValueError: the experiment exists but is deleted.
+    """
+    _, folder = _resolve_local(store.tracking_uri, Path.cwd())
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(store.tracking_uri)
+    client = MlflowClient(store.tracking_uri)
+    experiment = client.get_experiment_by_name(store.experiment)
+    if experiment is None:
+        try:
+            return client.create_experiment(
+                store.experiment, artifact_location=store.artifact_location
+            )
+        except MlflowException:  # another process created it first
+            experiment = client.get_experiment_by_name(store.experiment)
+            if experiment is None:
+                raise
+    if experiment.lifecycle_stage == "deleted":
+        raise ValueError(
+            f"MLflow experiment {store.experiment!r} is deleted; restore it with "
+            f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+            f"or set another tracking.experiment"
+        )
+    return experiment.experiment_id
+
+
+def git_commit(root: Path) -> str | None:
+    """The commit checked out at root, with "-dirty" when files differ; None outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
+def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested mappings to MLflow params: keys joined with dots, values as strings."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def start_study(
+    store: Store,
+    run_name: str,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    root: Path | None = None,
+) -> str:
+    """Open the parent run of a study and leave it running for the backbone runs.
+
+    Args:
+        store: where to log.
+        run_name: the study's name in the MLflow UI.
+        params: logged flattened.
+        tags: extra tags.
+        root: project root, for the git commit tag.
+
+    Returns:
+        The parent run id, to pass to `backbone_run` (in any process) and `end_study`.
+    """
+    experiment_id = connect(store)
+    client = MlflowClient(store.tracking_uri)
+    all_tags = {KIND_TAG: "study", **(tags or {})}
+    commit = git_commit(root) if root is not None else None
+    if commit:
+        all_tags["git_commit"] = commit
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    for key, value in flatten(params or {}).items():
+        client.log_param(run.info.run_id, key, value)
+    return run.info.run_id
+
+
+def end_study(store: Store, run_id: str, status: RunStatus = "FINISHED") -> None:
+    """Close a study's parent run."""
+    MlflowClient(store.tracking_uri).set_terminated(run_id, status)
+
+
+def tag_run(store: Store, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on any run (a study's parent run, say) from any process."""
+    client = MlflowClient(store.tracking_uri)
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def log_to_run(
+    store: Store,
+    run_id: str,
+    files: Sequence[Path] = (),
+    metrics: Mapping[str, float] | None = None,
+    artifact_path: str | None = None,
+) -> None:
+    """Log files and final metrics to any run (a study's parent run, say) from any process.
+
+    Args:
+        store: where the run is.
+        run_id: the run.
+        files: uploaded as artifacts under artifact_path.
+        metrics: logged once each; NaN and infinite values are left out.
+        artifact_path: folder of the artifacts in the run.
+    """
+    client = MlflowClient(store.tracking_uri)
+    for path in files:
+        client.log_artifact(run_id, str(path), artifact_path)
+    for key, value in (metrics or {}).items():
+        if math.isfinite(float(value)):
+            client.log_metric(run_id, key, float(value))
+
+
+def _system_metrics_available() -> bool:
+    if importlib.util.find_spec("psutil") is None:
+        log.warning("psutil is not installed: MLflow system metrics are off")
+        return False
+    return True
+
+
+class BackboneRun:
+    """The active run of one backbone; every method logs to it."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.status: RunStatus = "FINISHED"
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        mlflow.log_params(flatten(params))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        finite = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+        if finite:
+            mlflow.log_metrics(finite, step=step)
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """A Keras callback that logs each epoch's `logs` at step epoch + 1."""
+        import keras
+
+        run = self
+
+        class MlflowEpochLogger(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+                run.log_metrics(logs or {}, step=epoch + 1)
+
+        return MlflowEpochLogger()
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        mlflow.log_artifact(str(path), artifact_path)
+
+    def log_figure(self, figure: Figure, artifact_file: str) -> None:
+        mlflow.log_figure(figure, artifact_file)
+
+    def log_model(
+        self, model: keras.Model, inputs: np.ndarray, outputs: np.ndarray, name: str = "model"
+    ) -> str:
+        """Log a Keras model with a signature inferred from a sample batch and its outputs.
+
+        No input_example: with Keras models it breaks logging in MLflow 3.x (mlflow#16183).
+        Requirements are pinned here rather than inferred, which would load the model in a
+        subprocess that does not know the custom preprocessing layer.
+
+        Returns:
+            The logged model's URI.
+        """
+        import keras
+        import tensorflow as tf
+        from mlflow.models import infer_signature
+
+        info = mlflow.keras.log_model(
+            model,
+            name=name,
+            signature=infer_signature(inputs, outputs),
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+        )
+        return info.model_uri
+
+
+@contextlib.contextmanager
+def backbone_run(
+    store: Store,
+    backbone: str,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    system_metrics: bool = True,
+) -> Iterator[BackboneRun]:
+    """Open (or reopen, to resume) the child run of one backbone.
+
+    The run ends FINISHED, or FAILED when the block raises, or whatever `run.status` was set to
+    (KILLED for a paused run that will be resumed).
+
+    Args:
+        store: where to log.
+        backbone: backbone name, the `backbone` tag and run name.
+        parent_run_id: the study run to nest under; it may live in another process.
+        run_id: an earlier run of this backbone to continue; a new run when it is gone.
+        tags: extra tags.
+        system_metrics: sample CPU, memory (and GPU with pynvml) while the run is open.
+    """
+    experiment_id = connect(store)
+    log_system = system_metrics and _system_metrics_available()
+    active = None
+    if run_id is not None:
+        try:
+            active = mlflow.start_run(run_id=run_id, log_system_metrics=log_system)
+        except MlflowException as exc:
+            log.warning("cannot reopen MLflow run %s (%s); starting a new one", run_id, exc)
+    if active is None:
+        all_tags = {BACKBONE_TAG: backbone, KIND_TAG: "backbone", **(tags or {})}
+        if parent_run_id:
+            # the tag, not start_run(parent_run_id=...), which insists the parent be active
+            # in this process' view and fails for a study that has already been closed
+            all_tags[PARENT_TAG] = parent_run_id
+        active = mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=backbone,
+            tags=all_tags,
+            log_system_metrics=log_system,
+        )
+    run = BackboneRun(active.info.run_id)
+    try:
+        yield run
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run(run.status)

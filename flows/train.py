@@ -1,0 +1,172 @@
+"""Prefect flow `train`: every backbone fine-tuned in a process of its own, in parallel.
+
+One MLflow parent run per study; each backbone's child run is opened by its own process.
+On GPUs each process is pinned to one GPU and as many run at once as there are GPUs; on a
+CPU they run one at a time unless training.max_parallel says otherwise. With
+training.executor: ray the same tasks go to a Ray cluster, one GPU each where GPUs exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
+
+from components import tracking
+from components.config import Config, load_config
+from components.gpus import GpuPool, visible_gpus
+from components.launcher import BackboneFailed, run_backbone_process
+from components.report import training_markdown
+
+STUDY_FILE = "study.json"
+ARTIFACT_KEY = "training-results"
+
+
+def _retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
+    error = getattr(state, "data", None)
+    return not (isinstance(error, BackboneFailed) and error.permanent)
+
+
+@task(
+    name="train-backbone",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=_retry_unless_permanent,
+)
+def train_backbone(
+    backbone: str, params: str, out_dir: str, parent_run_id: str, gpus: GpuPool | None
+) -> dict:
+    """Train one backbone in a fresh process (pinned to a free GPU when a pool is given)."""
+    logger = get_run_logger()
+    with gpus.lease() if gpus is not None else nullcontext({}) as env:
+        if env.get("CUDA_VISIBLE_DEVICES"):
+            logger.info("%s on GPU %s", backbone, env["CUDA_VISIBLE_DEVICES"])
+        return run_backbone_process(
+            backbone, Path(params), Path(out_dir), parent_run_id, env, logger.info
+        )
+
+
+@task(name="start-study", cache_policy=NO_CACHE, persist_result=False)
+def start_study(cfg: Config, names: list[str]) -> str:
+    """Open the study's MLflow parent run and record its id beside the models."""
+    store = tracking.resolve_store(cfg.tracking, cfg.root)
+    run_id = tracking.start_study(
+        store,
+        run_name="study",
+        params={"training": cfg.training.model_dump(mode="json"), "split": cfg.split.model_dump()},
+        tags={"backbones": ",".join(names)},
+        root=cfg.root,
+    )
+    models = cfg.path(cfg.training.models_out)
+    models.mkdir(parents=True, exist_ok=True)
+    (models / STUDY_FILE).write_text(json.dumps({"parent_run_id": run_id}, indent=2))
+    return run_id
+
+
+@task(name="report-training", cache_policy=NO_CACHE, persist_result=False)
+def report_training(
+    cfg: Config, parent_run_id: str, results: dict[str, dict], failures: dict[str, str]
+) -> dict[str, Any]:
+    """Close the parent run, write reports/train.json and a results table in the UI."""
+    store = tracking.resolve_store(cfg.tracking, cfg.root)
+    if failures:
+        tracking.tag_run(store, parent_run_id, {"failed_backbones": ",".join(sorted(failures))})
+    tracking.end_study(store, parent_run_id, "FAILED" if failures else "FINISHED")
+    summary = {
+        name: {k: r.get(k) for k in ("val_auc", "val_accuracy", "val_loss", "best_epoch")}
+        for name, r in results.items()
+    }
+    out = cfg.path(cfg.evaluation.reports_out) / "train.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    create_markdown_artifact(
+        key=ARTIFACT_KEY,
+        markdown=training_markdown(results, failures),
+        description="Per-backbone training results (validation set)",
+    )
+    return {"parent_run_id": parent_run_id, "results": results, "failures": failures}
+
+
+@flow(name="train")
+def train(params: str = "params.yaml", backbones: list[str] | None = None) -> dict[str, Any]:
+    """Fine-tune the backbones of params.yaml (or those named), one process each.
+
+    Returns:
+        parent_run_id, per-backbone results, and failures (backbone -> error) of those that
+        still failed after their retries; the other backbones finish regardless.
+    """
+    cfg = load_config(params)
+    names = list(backbones or cfg.training.backbones)
+    parent_run_id = start_study(cfg, names)
+    gpus = visible_gpus()
+    pool = GpuPool(gpus) if gpus and cfg.training.executor == "local" else None
+    step = train_backbone.with_options(retries=cfg.training.retries)
+    futures = {}
+    with _ray_resources(cfg, gpus):
+        for name in names:
+            out_dir = cfg.path(cfg.training.models_out) / name
+            futures[name] = step.submit(name, params, str(out_dir), parent_run_id, pool)
+    wait(list(futures.values()))
+    results, failures = {}, {}
+    for name, future in futures.items():
+        state = future.state
+        if state.is_completed():
+            results[name] = future.result()
+        else:
+            failures[name] = str(state.result(raise_on_failure=False))
+    return report_training(cfg, parent_run_id, results, failures)
+
+
+def _ray_resources(cfg: Config, gpus: list[str]) -> Any:
+    """Ask Ray for one GPU per backbone task where GPUs exist."""
+    if cfg.training.executor != "ray" or not gpus:
+        return nullcontext()
+    from prefect_ray.context import remote_options
+
+    return remote_options(num_gpus=1)
+
+
+def task_runner(cfg: Config) -> Any:
+    """The task runner of training.executor: threads that each wait on a process, or Ray."""
+    if cfg.training.executor == "ray":
+        from prefect_ray import RayTaskRunner
+
+        return RayTaskRunner(
+            address=cfg.training.ray_address,
+            init_kwargs={"include_dashboard": False, "log_to_driver": False},
+        )
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    workers = cfg.training.max_parallel or max(1, len(visible_gpus()))
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+def main(params: str | Path = "params.yaml", backbones: list[str] | None = None) -> int:
+    """Run the flow for the command line: 0 when every backbone trained, else 1."""
+    cfg = load_config(params)
+    runner = train.with_options(task_runner=task_runner(cfg))
+    outcome = runner(str(Path(params).resolve()), backbones)
+    for name, error in outcome["failures"].items():
+        print(f"{name}: FAILED: {error}", file=sys.stderr)
+    done = len(outcome["results"])
+    print(
+        f"trained {done} of {done + len(outcome['failures'])} backbones; "
+        f"MLflow parent run {outcome['parent_run_id']}"
+    )
+    return 1 if outcome["failures"] else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--backbone", action="append", dest="backbones")
+    args = parser.parse_args()
+    sys.exit(main(args.params, args.backbones))

@@ -1,0 +1,123 @@
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from components import tracking
+from components.config import TrackingConfig
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tracking.resolve_store(TrackingConfig(experiment="test"), tmp_path)
+
+
+def test_relative_sqlite_store_is_made_absolute_under_the_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tracking.resolve_store(TrackingConfig(), tmp_path)
+    assert store.tracking_uri == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert store.artifact_location == (tmp_path / "mlruns" / "artifacts").as_uri()
+    assert store.experiment == "myelomet"
+
+
+def test_environment_uri_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:5000")
+    store = tracking.resolve_store(TrackingConfig(), tmp_path)
+    assert store.tracking_uri == "http://mlflow.internal:5000"
+    assert store.artifact_location is None  # the server decides
+
+
+def test_flatten_nested_params():
+    assert tracking.flatten({"a": 1, "b": {"c": [1, 2], "d": {"e": None}}}) == {
+        "a": "1",
+        "b.c": "[1, 2]",
+        "b.d.e": "None",
+    }
+
+
+def test_git_commit_outside_a_repository_is_none(tmp_path):
+    assert tracking.git_commit(tmp_path) is None
+
+
+def test_study_with_a_backbone_child_run(store, tmp_path):
+    parent = tracking.start_study(store, "study-1", params={"training": {"epochs": 2}})
+    with tracking.backbone_run(store, "VGG16", parent_run_id=parent, system_metrics=False) as run:
+        run.log_params({"training": {"batch_size": 16}})
+        run.set_tags({"weights": "random"})
+        callback = run.epoch_callback()
+        for epoch in range(2):
+            callback.on_epoch_end(epoch, {"loss": 1.0 / (epoch + 1), "val_auc": float("nan")})
+    client = MlflowClient(store.tracking_uri)
+    child = client.get_run(run.run_id)
+    assert child.info.status == "FINISHED"
+    assert child.data.tags[tracking.BACKBONE_TAG] == "VGG16"
+    assert child.data.tags[tracking.PARENT_TAG] == parent
+    assert child.data.params["training.batch_size"] == "16"
+    assert [m.step for m in client.get_metric_history(run.run_id, "loss")] == [1, 2]
+    assert "val_auc" not in child.data.metrics  # NaN is not logged
+    assert client.get_run(parent).info.status == "RUNNING"
+    assert client.get_run(parent).data.params["training.epochs"] == "2"
+    experiment = client.get_experiment(child.info.experiment_id)
+    assert experiment.artifact_location == store.artifact_location
+    tracking.tag_run(store, parent, {"failed_backbones": ""})
+    report = tmp_path / "study.html"
+    report.write_text("<html></html>")
+    tracking.log_to_run(store, parent, [report], {"test_auc": 0.9, "bad": float("nan")}, "reports")
+    tracking.end_study(store, parent)
+    finished = client.get_run(parent)
+    assert finished.info.status == "FINISHED"
+    assert finished.data.tags["failed_backbones"] == ""
+    assert finished.data.metrics == {"test_auc": 0.9}
+    assert [a.path for a in client.list_artifacts(parent, "reports")] == ["reports/study.html"]
+
+
+def test_a_run_can_be_reopened_and_fails_on_error(store):
+    with tracking.backbone_run(store, "MobileNet", system_metrics=False) as run:
+        run.status = "KILLED"
+        run.log_metrics({"loss": 0.9}, step=1)
+    client = MlflowClient(store.tracking_uri)
+    assert client.get_run(run.run_id).info.status == "KILLED"
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        tracking.backbone_run(store, "MobileNet", run_id=run.run_id, system_metrics=False) as again,
+    ):
+        again.log_metrics({"loss": 0.8}, step=2)
+        raise RuntimeError("boom")
+    assert again.run_id == run.run_id
+    assert client.get_run(run.run_id).info.status == "FAILED"
+    assert [m.value for m in client.get_metric_history(run.run_id, "loss")] == [0.9, 0.8]
+
+
+def test_keras_model_is_logged_with_a_signature_and_loads(store):
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    with tracking.backbone_run(store, "Tiny", system_metrics=False) as run:
+        uri = run.log_model(model, x, model.predict(x, verbose=0))
+    info = mlflow.models.get_model_info(uri)
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 4)
+    loaded = mlflow.keras.load_model(uri)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_deleted_experiment_is_a_clear_error(store):
+    experiment_id = tracking.connect(store)
+    MlflowClient(store.tracking_uri).delete_experiment(experiment_id)
+    with pytest.raises(ValueError, match="is deleted"):
+        tracking.connect(store)
+
+
+def test_figures_and_artifacts_are_logged(store, tmp_path):
+    from matplotlib.figure import Figure
+
+    path = Path(tmp_path / "metrics.json")
+    path.write_text("{}")
+    with tracking.backbone_run(store, "Fig", system_metrics=False) as run:
+        run.log_artifact(path)
+        run.log_figure(Figure(), "curves.png")
+    names = {a.path for a in MlflowClient(store.tracking_uri).list_artifacts(run.run_id)}
+    assert names == {"metrics.json", "curves.png"}
