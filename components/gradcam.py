@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from components.config import Window
-from components.dataset import apply_window, model_input
+from components.dataset import apply_window, center_crop, model_input
 
 
 @dataclass(frozen=True)
@@ -206,6 +206,7 @@ def gradcam_figure(
     positive_class: str,
     title: str = "",
     alpha: float = 0.5,
+    crop: float = 1.0,
 ) -> Figure:
     """Grad-CAM of each example's predicted class over its bone-window image.
 
@@ -222,6 +223,7 @@ def gradcam_figure(
         positive_class: the class whose probability is printed.
         title: figure title, e.g. the model's name.
         alpha: opacity of the heat map where it is 1 (it fades out toward 0).
+        crop: the centre crop of the model inputs (InputConfig.crop); the overlay shows it.
 
     Returns:
         The figure.
@@ -235,7 +237,7 @@ def gradcam_figure(
     unknown = sorted({e.label for e in examples} - set(classes))
     if unknown or positive_class not in classes:
         raise ValueError(f"labels {unknown} or positive class {positive_class!r} not in {classes}")
-    batch = np.stack([model_input(e.hu, windows, size) for e in examples])
+    batch = np.stack([model_input(e.hu, windows, size, crop) for e in examples])
     heat, scores = gradcam(model, batch)
     positive = list(classes).index(positive_class)
     rows = [c for c in classes if any(e.label == c for e in examples)]
@@ -250,9 +252,10 @@ def gradcam_figure(
         r = rows.index(example.label)
         ax = axes[r, filled[example.label]]
         filled[example.label] += 1
-        background = apply_window(example.hu, display_window) / 255.0
-        overlay = cmap(_resize(heat[i], example.hu.shape))
-        overlay[..., 3] = alpha * _resize(heat[i], example.hu.shape)
+        seen = center_crop(example.hu, crop)
+        background = apply_window(seen, display_window) / 255.0
+        overlay = cmap(_resize(heat[i], seen.shape))
+        overlay[..., 3] = alpha * _resize(heat[i], seen.shape)
         ax.imshow(background, cmap="gray", vmin=0, vmax=1)
         ax.imshow(overlay)
         predicted = classes[int(scores[i].argmax())]

@@ -272,6 +272,7 @@ def log_candidate(
     positive_class: str,
     thresholds: Mapping[str, float],
     root: Path | None = None,
+    crop: float = 1.0,
 ) -> LoggedCandidate:
     """Log a candidate as the pyfunc in a child run of the study.
 
@@ -289,6 +290,7 @@ def log_candidate(
         positive_class: params `positive_class`.
         thresholds: level -> threshold chosen on validation (CandidateResult.thresholds).
         root: project root, for the git commit tag.
+        crop: the centre crop of the inputs (InputConfig.crop).
 
     Returns:
         The logged model's URI, its run and the tags for its model version.
@@ -308,7 +310,9 @@ def log_candidate(
         )
     spec = ServingSpec(
         candidate=candidate,
-        members=tuple(MemberSpec(b, int(info[b]["image_size"]), tuple(windows)) for b in members),
+        members=tuple(
+            MemberSpec(b, int(info[b]["image_size"]), tuple(windows), crop) for b in members
+        ),
         classes=tuple(classes),
         positive_class=positive_class,
         thresholds={k: float(v) for k, v in thresholds.items()},
@@ -603,6 +607,7 @@ def register_selected(
         cfg.positive_class,
         chosen.thresholds,
         root=cfg.root,
+        crop=cfg.input.crop,
     )
     test = chosen.metrics["test"]
     metrics = {

@@ -42,11 +42,12 @@ Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 
 @dataclass(frozen=True)
 class MemberSpec:
-    """One model of a candidate: its backbone, input side and channel windows."""
+    """One model of a candidate: its backbone, input side, channel windows and centre crop."""
 
     backbone: str
     image_size: int
     windows: tuple[Window, ...]
+    crop: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class ServingSpec:
                         "backbone": m.backbone,
                         "image_size": m.image_size,
                         "windows": [w.model_dump() for w in m.windows],
+                        "crop": m.crop,
                     }
                     for m in self.members
                 ],
@@ -135,7 +137,10 @@ class ServingSpec:
                 )
             members = tuple(
                 MemberSpec(
-                    m["backbone"], int(m["image_size"]), tuple(Window(**w) for w in m["windows"])
+                    m["backbone"],
+                    int(m["image_size"]),
+                    tuple(Window(**w) for w in m["windows"]),
+                    float(m.get("crop", 1.0)),
                 )
                 for m in raw["members"]
             )
@@ -230,7 +235,12 @@ class Predictor:
         for member, step in zip(self.spec.members, self._steps, strict=True):
             for start in range(0, len(slices), PREDICT_BATCH):
                 chunk = slices[start : start + PREDICT_BATCH]
-                x = np.stack([model_input(hu, member.windows, member.image_size) for hu in chunk])
+                x = np.stack(
+                    [
+                        model_input(hu, member.windows, member.image_size, member.crop)
+                        for hu in chunk
+                    ]
+                )
                 total[start : start + len(chunk)] += step(x).numpy()[:, self._positive]
         return total / len(self.models)
 

@@ -87,6 +87,7 @@ def gradcam_png(cfg: Config, results: EvaluationResults, out: Path) -> Path | No
         classes=cfg.classes,
         positive_class=cfg.positive_class,
         title=f"Grad-CAM: {name}",
+        crop=cfg.input.crop,
     )
     return save_png(figure, out)
 

@@ -101,6 +101,14 @@ def _hash_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _input_key(cfg: Config) -> dict[str, Any]:
+    """What of the input config shapes the model inputs (part of cache keys and hashes)."""
+    return {
+        "windows": [w.model_dump() for w in cfg.input.channel_windows()],
+        "crop": cfg.input.crop,
+    }
+
+
 def data_version(manifest: Path, split: Path) -> str:
     """Short hash of the manifest and split contents: the data a model was trained on."""
     return _sha256_files([manifest, split])[:16]
@@ -199,7 +207,7 @@ def load_inputs(cfg: Config, size: int) -> _Data:
     version = data_version(manifest, split)
     table = _read_table(cfg, manifest, split)
     windows = cfg.input.channel_windows()
-    key = _hash_json([version, size, [w.model_dump() for w in windows]])[:16]
+    key = _hash_json([version, size, _input_key(cfg)])[:16]
     path = cfg.path(cfg.training.cache_dir) / "inputs" / f"{size}px-{key}.npy"
     n = len(table)
     x: np.ndarray | None = None
@@ -212,7 +220,7 @@ def load_inputs(cfg: Config, size: int) -> _Data:
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, size, size, 3))
         for i, file in enumerate(tqdm(table["file"], desc=f"model inputs {size}px", disable=None)):
-            out[i] = model_input(np.load(manifest.parent / file), windows, size)
+            out[i] = model_input(np.load(manifest.parent / file), windows, size, cfg.input.crop)
         out.flush()
         del out
         os.replace(tmp, path)
@@ -724,7 +732,7 @@ def _plan(name: str, cfg: Config) -> _Plan:
             "weights": source.sha256 or "random",
             "precision": runtime.precision,
             "training": tc.model_dump(include=_HASHED_TRAINING),
-            "windows": [w.model_dump() for w in cfg.input.channel_windows()],
+            "input": _input_key(cfg),
             "classes": cfg.classes,
             "positive": cfg.positive_class,
         }
@@ -750,8 +758,7 @@ def _features(model: keras.Model, data: _Data, cfg: Config, plan: _Plan) -> tupl
     """
     from components.backbones import feature_extractor
 
-    windows = [w.model_dump() for w in cfg.input.channel_windows()]
-    key = _hash_json([data.version, plan.size, plan.source.sha256, windows])[:16]
+    key = _hash_json([data.version, plan.size, plan.source.sha256, _input_key(cfg)])[:16]
     path = cfg.path(cfg.training.cache_dir) / "features" / plan.name / f"{plan.size}px-{key}.npy"
     if path.is_file():
         features = np.load(path)
@@ -1160,6 +1167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="params.yaml", help="params file (project root)")
     parser.add_argument("--out", help="output folder (default: training.models_out/BACKBONE)")
     parser.add_argument("--parent-run-id", help="MLflow run id of the study")
+    parser.add_argument("--split", help="split CSV to train on (default: params split.out)")
     parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
     parser.add_argument("--epoch-limit", type=int, help="stop after this many epochs (resumable)")
     args = parser.parse_args(argv)
@@ -1168,6 +1176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         cfg = load_config(args.params)
+        if args.split:
+            cfg = cfg.model_copy(update={"split": cfg.split.model_copy(update={"out": args.split})})
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
