@@ -661,3 +661,13 @@ def write_outputs(results: EvaluationResults, reports_dir: str | Path) -> dict[s
             rows.drop(columns="candidate").to_csv(folder / f"{candidate}.csv", index=False)
         paths[kind] = folder
     return paths
+
+
+def headline_metrics(results: EvaluationResults) -> dict[str, float]:
+    """Test-set point values of every candidate, flat, for the study's MLflow run."""
+    return {
+        f"test_{level}_{metric}.{name}": float(estimate.value)
+        for name, candidate in results.candidates.items()
+        for level, metrics in candidate.metrics["test"].items()
+        for metric, estimate in metrics.items()
+    }

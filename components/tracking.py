@@ -318,3 +318,25 @@ def backbone_run(
         mlflow.end_run("FAILED")
         raise
     mlflow.end_run(run.status)
+
+
+def log_study_outputs(
+    store: Store, run_id: str, files: list[Path], metrics: Mapping[str, float]
+) -> None:
+    """Attach the study's report files and headline metrics to its parent run.
+
+    Args:
+        store: where the run lives.
+        run_id: the study's parent run (it may be closed already).
+        files: files or folders to log as artifacts under `study/`.
+        metrics: name -> value; non-finite values are left out.
+    """
+    client = MlflowClient(store.tracking_uri)
+    for path in files:
+        if Path(path).is_dir():
+            client.log_artifacts(run_id, str(path), f"study/{Path(path).name}")
+        else:
+            client.log_artifact(run_id, str(path), "study")
+    for key, value in metrics.items():
+        if value is not None and math.isfinite(float(value)):
+            client.log_metric(run_id, key, float(value))

@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import registry, study, tracking
 from components.config import Config, load_config
-from components.evaluation import EvaluationResults, write_outputs
+from components.evaluation import EvaluationResults, headline_metrics, write_outputs
 from components.report import RegistryOutcome, results_markdown, write_study_report
 from flows.train import STUDY_FILE
 
@@ -79,7 +79,7 @@ def publish(
     parent_run_id: str,
 ) -> None:
     store = tracking.resolve_store(cfg.tracking, cfg.root)
-    tracking.log_study_outputs(store, parent_run_id, files, results)
+    tracking.log_study_outputs(store, parent_run_id, files, headline_metrics(results))
     create_markdown_artifact(
         key=ARTIFACT_KEY,
         markdown=results_markdown(results, outcome),
