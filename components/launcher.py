@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from components.training import ERROR_FILE, EXIT_DATA, EXIT_USAGE, EXIT_WEIGHTS, RESULT_FILE
@@ -37,14 +37,18 @@ class BackboneFailed(RuntimeError):
 
 
 def training_command(
-    backbone: str, params: Path, out_dir: Path, parent_run_id: str | None
+    backbone: str,
+    params: Path,
+    out_dir: Path,
+    parent_run_id: str | None,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The command line that trains one backbone in a new Python process."""
     command = [sys.executable, "-m", "components.training", "--backbone", backbone]
     command += ["--params", str(params), "--out", str(out_dir)]
     if parent_run_id:
         command += ["--parent-run-id", parent_run_id]
-    return command
+    return [*command, *extra_args]
 
 
 def run_backbone_process(
@@ -54,6 +58,7 @@ def run_backbone_process(
     parent_run_id: str | None,
     env: Mapping[str, str],
     on_line: Callable[[str], None],
+    extra_args: Sequence[str] = (),
 ) -> dict:
     """Run one backbone's training to the end in a child process.
 
@@ -64,6 +69,7 @@ def run_backbone_process(
         parent_run_id: the MLflow study run, or None.
         env: variables added to this process' environment (GPU pinning, say).
         on_line: called with each line the process prints.
+        extra_args: more arguments for `python -m components.training` (e.g. --split).
 
     Returns:
         The training result (components.training.TrainResult as a dict).
@@ -76,7 +82,7 @@ def run_backbone_process(
     (out_dir / ERROR_FILE).unlink(missing_ok=True)
     tail: deque[str] = deque(maxlen=20)
     with subprocess.Popen(
-        training_command(backbone, params, Path(out_dir).resolve(), parent_run_id),
+        training_command(backbone, params, Path(out_dir).resolve(), parent_run_id, extra_args),
         cwd=params.parent,
         env={**os.environ, **env},
         stdout=subprocess.PIPE,

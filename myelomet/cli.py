@@ -93,6 +93,20 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     return evaluate_main(cfg.root / Path(args.params).name)
 
 
+def _leakage(args: argparse.Namespace, cfg: Config) -> int:
+    from components.leakage import run_leakage
+
+    result = run_leakage(cfg, cfg.root / Path(args.params).name, print)
+    if result is None:
+        print("leakage comparison off (leakage.enabled: false)")
+    else:
+        print(
+            f"{result['backbone']} on the image-level split: validation AUC "
+            f"{result['val_auc']:.3f} (patients shared between train and test)"
+        )
+    return 0
+
+
 def _predict(args: argparse.Namespace, cfg: Config) -> int:
     from components.registry import predict_main
     from components.tracking import resolve_store
@@ -146,6 +160,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune the backbones, one process each (Prefect flow)")
     p.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
     p.set_defaults(run=_train)
+
+    p = sub.add_parser("leakage", help="train one backbone on the paper's image-level split")
+    p.set_defaults(run=_leakage)
 
     p = sub.add_parser("evaluate", help="metrics with CIs, register and promote, study report")
     p.set_defaults(run=_evaluate)
