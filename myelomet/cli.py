@@ -119,7 +119,7 @@ def _fetch_weights(args: argparse.Namespace, cfg: Config) -> int:
     from components.backbones import fetch_weights
 
     names = args.backbone or list(cfg.training.backbones)
-    manifest = fetch_weights(names, Path(args.dest))
+    manifest = fetch_weights(names, Path(args.out))
     print(
         f"ImageNet weights of {len(names)} backbones in {manifest.parent} (checksums: {manifest});"
         f" copy the folder to the offline machine and set training.weights_dir or "
@@ -175,7 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "fetch-weights", help="download ImageNet weights on a connected machine for offline use"
     )
-    p.add_argument("dest", help="folder to fill (with a checksum manifest)")
+    p.add_argument("--out", required=True, help="folder to fill (with a checksum manifest)")
     p.add_argument("--backbone", action="append", help="only this backbone (repeatable)")
     p.set_defaults(run=_fetch_weights)
     return parser
