@@ -369,10 +369,14 @@ def _lerp_prob(name: str, c: int, difficulty: float) -> float:
     return own + difficulty * ((own + other) / 2 - own)
 
 
-def _scanner_index(seed: int, c: int, j: int, n: int) -> int:
-    # Balanced within each class, so the scanner never predicts the class.
-    order = np.random.default_rng([seed, 202, c]).permutation(n)
-    return int(order[j] % 2)
+def _balanced_slot(seed: int, c: int, j: int, n: int) -> tuple[int, bool]:
+    """Scanner index and lumbar flag of patient j of class c.
+
+    Both are balanced within each class (and crossed with each other), so neither the scanner
+    nor the spinal region predicts the class: a model has to look at the lesions.
+    """
+    slot = int(np.random.default_rng([seed, 202, c]).permutation(n)[j])
+    return slot % 2, (slot // 2) % 2 == 0
 
 
 def _write_patient(
@@ -383,10 +387,11 @@ def _write_patient(
     s_traits, s_anat, s_lesions, s_image, s_ident = np.random.SeedSequence([cfg.seed, c, j]).spawn(
         5
     )
-    scanner = SCANNERS[_scanner_index(cfg.seed, c, j, cfg.patients_per_class)]
+    scanner_index, lumbar = _balanced_slot(cfg.seed, c, j, cfg.patients_per_class)
+    scanner = SCANNERS[scanner_index]
     anat_rng = np.random.default_rng(s_anat)
     n_slices = int(anat_rng.integers(cfg.slices_min, cfg.slices_max + 1))
-    anat = _sample_anatomy(anat_rng, cfg.size, n_slices, scanner)
+    anat = _sample_anatomy(anat_rng, cfg.size, n_slices, scanner, lumbar)
     traits = _sample_traits(np.random.default_rng(s_traits), c, cfg.difficulty, scanner, anat)
     tracks = _sample_tracks(np.random.default_rng(s_lesions), traits, anat, n_slices)
     ident = _identity(np.random.default_rng(s_ident), cfg.seed, c, j, seen_ids)
@@ -478,11 +483,10 @@ def _identity(
 
 
 def _sample_anatomy(
-    rng: np.random.Generator, size: int, n_slices: int, scanner: ScannerProfile
+    rng: np.random.Generator, size: int, n_slices: int, scanner: ScannerProfile, lumbar: bool
 ) -> _Anatomy:
     """Class-independent vertebra, body habitus and field of view."""
-    region = "lumbar" if rng.random() < 0.5 else "thoracic"
-    lumbar = region == "lumbar"
+    region = "lumbar" if lumbar else "thoracic"
     s = rng.uniform(0.9, 1.1)  # overall patient size
     vb_a = s * (rng.uniform(21, 26) if lumbar else rng.uniform(16, 20))
     vb_b = s * (rng.uniform(15, 19) if lumbar else rng.uniform(14, 17))
