@@ -9,8 +9,8 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m pip install -q --disable-pip-version-check uv
-	python3 -m uv venv -q --allow-existing $(VENV)
-	VIRTUAL_ENV=$(VENV) python3 -m uv pip install -q -e '.[$(EXTRAS)]'
+	python3 -m uv venv -q --allow-existing --python python3 $(VENV)
+	python3 -m uv pip install -q --python $(BIN)/python -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: install
