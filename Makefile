@@ -10,7 +10,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m pip install -q --disable-pip-version-check uv
 	python3 -m uv venv -q --allow-existing --python python3 $(VENV)
-	python3 -m uv pip install -q --python $(BIN)/python -e '.[$(EXTRAS)]'
+	python3 -m uv pip install -q --native-tls --python $(BIN)/python -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: install
