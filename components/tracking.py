@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -175,30 +175,6 @@ def tag_run(store: Store, run_id: str, tags: Mapping[str, Any]) -> None:
     client = MlflowClient(store.tracking_uri)
     for key, value in tags.items():
         client.set_tag(run_id, key, str(value))
-
-
-def log_to_run(
-    store: Store,
-    run_id: str,
-    files: Sequence[Path] = (),
-    metrics: Mapping[str, float] | None = None,
-    artifact_path: str | None = None,
-) -> None:
-    """Log files and final metrics to any run (a study's parent run, say) from any process.
-
-    Args:
-        store: where the run is.
-        run_id: the run.
-        files: uploaded as artifacts under artifact_path.
-        metrics: logged once each; NaN and infinite values are left out.
-        artifact_path: folder of the artifacts in the run.
-    """
-    client = MlflowClient(store.tracking_uri)
-    for path in files:
-        client.log_artifact(run_id, str(path), artifact_path)
-    for key, value in (metrics or {}).items():
-        if math.isfinite(float(value)):
-            client.log_metric(run_id, key, float(value))
 
 
 def _system_metrics_available() -> bool:

@@ -66,13 +66,13 @@ def test_study_with_a_backbone_child_run(store, tmp_path):
     tracking.tag_run(store, parent, {"failed_backbones": ""})
     report = tmp_path / "study.html"
     report.write_text("<html></html>")
-    tracking.log_to_run(store, parent, [report], {"test_auc": 0.9, "bad": float("nan")}, "reports")
+    tracking.log_study_outputs(store, parent, [report], {"test_auc": 0.9, "bad": float("nan")})
     tracking.end_study(store, parent)
     finished = client.get_run(parent)
     assert finished.info.status == "FINISHED"
     assert finished.data.tags["failed_backbones"] == ""
     assert finished.data.metrics == {"test_auc": 0.9}
-    assert [a.path for a in client.list_artifacts(parent, "reports")] == ["reports/study.html"]
+    assert [a.path for a in client.list_artifacts(parent, "study")] == ["study/study.html"]
 
 
 def test_a_run_can_be_reopened_and_fails_on_error(store):

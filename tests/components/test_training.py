@@ -157,23 +157,23 @@ def test_each_backbone_trains_an_epoch_from_scratch_into_mlflow(name, project, s
 
 
 def test_interrupted_run_resumes_after_its_last_epoch(project, store):
-    cfg, out = _cfg(project, epochs=3), project / "models" / "resume"
-    paused = training.train_backbone("MobileNet", cfg, out, store, epoch_limit=2)
-    assert (paused.status, paused.epochs_run) == ("paused", 2)
+    cfg, out = _cfg(project, epochs=2), project / "models" / "resume"
+    paused = training.train_backbone("MobileNet", cfg, out, store, epoch_limit=1)
+    assert (paused.status, paused.epochs_run) == ("paused", 1)
     state = json.loads((out / training.CHECKPOINT_DIR / "state.json").read_text())
-    assert state["epoch"] == 2 and state["last_file"] == "epoch-0002.keras"
-    kept = {p.name for p in (out / training.CHECKPOINT_DIR).glob("*.keras")}
-    assert kept == {state["last_file"], state["best_file"]}
+    assert state["epoch"] == 1 and state["last_file"] == "epoch-0001.keras"
+    assert [p.name for p in (out / training.CHECKPOINT_DIR).glob("*.keras")] == ["epoch-0001.keras"]
 
     resumed = training.train_backbone("MobileNet", cfg, out, store)
-    assert (resumed.status, resumed.epochs_run) == ("resumed", 3)
-    assert pd.read_csv(out / training.HISTORY_FILE)["epoch"].tolist() == [1, 2, 3]
+    assert (resumed.status, resumed.epochs_run) == ("resumed", 2)
+    assert pd.read_csv(out / training.HISTORY_FILE)["epoch"].tolist() == [1, 2]
     assert resumed.run_id == paused.run_id
-    history = MlflowClient(store.tracking_uri).get_metric_history(resumed.run_id, "loss")
-    assert [m.step for m in history] == [1, 2, 3]
+    client = MlflowClient(store.tracking_uri)
+    assert [m.step for m in client.get_metric_history(resumed.run_id, "loss")] == [1, 2]
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
 
 
-def test_command_line_trains_falls_back_to_scratch_then_skips(project, tmp_path, capsys, caplog):
+def test_command_line_trains_falling_back_to_scratch_then_skips(project, tmp_path, capsys, caplog):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["training"].update(weights="imagenet", weights_dir=str(tmp_path / "no-weights"))
     (project / "fallback.yaml").write_text(yaml.safe_dump(params))
@@ -197,8 +197,7 @@ def test_command_line_trains_falls_back_to_scratch_then_skips(project, tmp_path,
 
     cfg = load_config(project / "fallback.yaml")
     changed = cfg.model_copy(update={"training": cfg.training.model_copy(update={"dropout": 0.5})})
-    result = training.train_backbone("MobileNet", changed, out)
-    assert result.status == "trained" and result.inputs_hash != first["inputs_hash"]
+    assert training._plan("MobileNet", changed).inputs_hash != first["inputs_hash"]
 
 
 def test_required_pretrained_weights_that_cannot_be_had_stop_the_run(project, tmp_path):
