@@ -1241,6 +1241,23 @@ def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
+def write_training_summary(results: Mapping[str, Mapping], path: str | Path) -> Path:
+    """Write the validation results of each trained backbone as a small JSON (a DVC metric).
+
+    Args:
+        results: backbone -> training result (components.training.TrainResult as a dict).
+        path: the file to write (params evaluation.reports_out / train.json).
+    """
+    summary = {
+        name: {k: r.get(k) for k in ("val_auc", "val_accuracy", "val_loss", "best_epoch")}
+        for name, r in results.items()
+    }
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    return out
+
+
 def training_markdown(results: Mapping[str, Mapping], failures: Mapping[str, str]) -> str:
     """The per-backbone training table shown as a Prefect artifact.
 

@@ -24,7 +24,7 @@ from components import tracking
 from components.config import Config, load_config
 from components.gpus import GpuPool, visible_gpus
 from components.launcher import BackboneFailed, run_backbone_process
-from components.report import training_markdown
+from components.report import training_markdown, write_training_summary
 
 STUDY_FILE = "study.json"
 ARTIFACT_KEY = "training-results"
@@ -80,13 +80,7 @@ def report_training(
     if failures:
         tracking.tag_run(store, parent_run_id, {"failed_backbones": ",".join(sorted(failures))})
     tracking.end_study(store, parent_run_id, "FAILED" if failures else "FINISHED")
-    summary = {
-        name: {k: r.get(k) for k in ("val_auc", "val_accuracy", "val_loss", "best_epoch")}
-        for name, r in results.items()
-    }
-    out = cfg.path(cfg.evaluation.reports_out) / "train.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(summary, indent=2))
+    write_training_summary(results, cfg.path(cfg.evaluation.reports_out) / "train.json")
     create_markdown_artifact(
         key=ARTIFACT_KEY,
         markdown=training_markdown(results, failures),
