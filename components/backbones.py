@@ -454,6 +454,28 @@ def set_trainable(
     return sum(1 for layer in layers if layer.trainable)
 
 
+def he_initialise(model: keras.Model, seed: int) -> int:
+    """Redraw the backbone's convolution kernels He-normal, biases zero, where it has no
+    BatchNorm (VGG16); a model that trains from random initialisation calls this.
+
+    Keras draws the applications' kernels Glorot-uniform, for ImageNet weights to overwrite.
+    In a deep ReLU stack without BatchNorm that halves the signal's variance at every layer,
+    and training from scratch never leaves chance; He-normal keeps the variance. Networks
+    with BatchNorm rescale their activations themselves and are left as built.
+
+    Returns:
+        How many kernels were redrawn (0 for networks with BatchNorm).
+    """
+    if batch_norm_layers(model):
+        return 0
+    convs = [layer for layer in backbone_layers(model) if isinstance(layer, keras.layers.Conv2D)]
+    for i, layer in enumerate(convs):
+        layer.kernel.assign(keras.initializers.HeNormal(seed=seed + i)(layer.kernel.shape))
+        if layer.bias is not None:
+            layer.bias.assign(keras.ops.zeros(layer.bias.shape))
+    return len(convs)
+
+
 def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     """Every BatchNormalization layer of the model."""
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]

@@ -143,6 +143,7 @@ class TrainingConfig(_Frozen):
     dropout: float = Field(0.3, ge=0, lt=1)
     head_units: tuple[int, ...] = (512, 256)
     patience: int = Field(10, ge=1)
+    seed: int = 42
     finetune_epochs: int = Field(0, ge=0)
     finetune_fraction: float = Field(0.2, gt=0, le=1)
     finetune_learning_rate: float = Field(1e-5, gt=0)

@@ -2,11 +2,13 @@
 
 TensorFlow keeps the memory it took until its process ends, so each backbone gets a process
 of its own (`python -m components.training`); its output is streamed line by line to the
-caller, and its result or error is read from the files it writes.
+caller; its result is the JSON line it prints last (else its result file), its error the
+error file it writes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -103,4 +105,16 @@ def run_backbone_process(
             else "\n".join(tail) or "no output"
         )
         raise BackboneFailed(backbone, process.returncode, detail)
-    return json.loads((out_dir / RESULT_FILE).read_text())
+    return _printed_result(tail) or json.loads((out_dir / RESULT_FILE).read_text())
+
+
+def _printed_result(lines: Sequence[str]) -> dict | None:
+    """The result the process printed last (one JSON line): it says "skipped" where the
+    result file on disk keeps the status of the run that trained the model."""
+    for line in reversed(lines):
+        if line.startswith("{"):
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(line)
+                if isinstance(value, dict) and "status" in value:
+                    return value
+    return None

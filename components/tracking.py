@@ -184,6 +184,20 @@ def _system_metrics_available() -> bool:
     return True
 
 
+def outcome_tags(results: Mapping[str, Mapping[str, Any]], failures: Mapping[str, str]) -> dict:
+    """Tags for a study's parent run: which backbones failed, and which were reused from an
+    earlier study (already trained with the same inputs) together with the run that trained
+    them, since a reused backbone gets no child run of its own."""
+    tags: dict[str, str] = {}
+    if failures:
+        tags["failed_backbones"] = ",".join(sorted(failures))
+    reused = sorted(name for name, r in results.items() if r.get("status") == "skipped")
+    if reused:
+        tags["reused_backbones"] = ",".join(reused)
+        tags.update({f"reused.{name}.run_id": str(results[name].get("run_id")) for name in reused})
+    return tags
+
+
 class BackboneRun:
     """The active run of one backbone; every method logs to it."""
 

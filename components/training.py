@@ -8,10 +8,10 @@ images at training.finetune_learning_rate.
 
 Without them (training.weights: none, or weights that cannot be had and
 training.require_pretrained false) a frozen random backbone carries no signal, so every layer
-trains from the first epoch at training.scratch_learning_rate. Short runs from scratch leave
-BatchNorm's moving statistics near their initial values, which makes inference-mode outputs
-(validation, the saved model) nearly constant; those runs recompute the statistics on the
-training set before each validation (`PreciseBatchNorm`).
+trains from the first epoch at training.scratch_learning_rate, on augmented images. Short
+runs from scratch leave BatchNorm's moving statistics near their initial values, which makes
+inference-mode outputs (validation, the saved model) nearly constant; those runs recompute
+the statistics on the training set before each validation (`PreciseBatchNorm`).
 
 Every epoch writes a checkpoint (model with optimizer state, and a JSON state) to
 `out_dir/checkpoint/`; a run that stops resumes from its last epoch, and a finished run with
@@ -65,9 +65,7 @@ ERROR_FILE = "error.json"
 CHECKPOINT_DIR = "checkpoint"
 
 # Part of every inputs hash: bump it when a change here changes what training produces.
-TRAINING_VERSION = 1
-# Not in params.yaml yet (see the report): seed of weights, shuffling and augmentation.
-SEED = 42
+TRAINING_VERSION = 2
 # Batch for inference passes (features, validation, predictions, BatchNorm statistics).
 INFER_BATCH = 64
 
@@ -298,8 +296,10 @@ def _dataset(
     batch: int,
     shuffle: bool,
     augment: Callable[..., Any] | None = None,
+    seed: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of (x, y, sample weight) gathered from arrays (memory-mapped ones included)."""
+    """Batches of (x, y, sample weight) gathered from arrays (memory-mapped ones included),
+    shuffled with `seed` when `shuffle`."""
     import tensorflow as tf
 
     def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -308,7 +308,7 @@ def _dataset(
 
     ds = tf.data.Dataset.from_tensor_slices(rows.astype(np.int64))
     if shuffle:
-        ds = ds.shuffle(len(rows), seed=SEED, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
     # whole batches only when there are some: a batch of 1-2 images upsets BatchNorm
     ds = ds.batch(batch, drop_remainder=shuffle and len(rows) > batch)
     shape = (None, *x.shape[1:])
@@ -327,7 +327,7 @@ def _dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def augmenter(rotation_deg: float, intensity: float) -> Callable[..., Any]:
+def augmenter(rotation_deg: float, intensity: float, seed: int) -> Callable[..., Any]:
     """Random left-right flip, rotation within ±rotation_deg, gain and offset within
     ±intensity (of the 0..255 range), on batches of (x, y, w).
 
@@ -336,9 +336,9 @@ def augmenter(rotation_deg: float, intensity: float) -> Callable[..., Any]:
     import keras
     import tensorflow as tf
 
-    flip = keras.layers.RandomFlip("horizontal", seed=SEED)
+    flip = keras.layers.RandomFlip("horizontal", seed=seed)
     rotate = (
-        keras.layers.RandomRotation(rotation_deg / 360.0, fill_mode="nearest", seed=SEED)
+        keras.layers.RandomRotation(rotation_deg / 360.0, fill_mode="nearest", seed=seed)
         if rotation_deg > 0
         else None
     )
@@ -695,9 +695,9 @@ def _weights(name: str, cfg: Config) -> WeightsSource:
 
 
 _HASHED_TRAINING = {
-    "image_size", "batch_size", "epochs", "learning_rate", "dropout", "head_units", "patience",
-    "finetune_epochs", "finetune_fraction", "finetune_learning_rate", "scratch_learning_rate",
-    "augment_rotation_deg", "augment_intensity", "weights",
+    "image_size", "batch_size", "epochs", "seed", "learning_rate", "dropout", "head_units",
+    "patience", "finetune_epochs", "finetune_fraction", "finetune_learning_rate",
+    "scratch_learning_rate", "augment_rotation_deg", "augment_intensity", "weights",
 }  # fmt: skip
 _RUNTIME_PARAMS = {"mixed_precision", "xla", "require_pretrained"}
 
@@ -725,7 +725,6 @@ def _plan(name: str, cfg: Config) -> _Plan:
     inputs_hash = _hash_json(
         {
             "version": TRAINING_VERSION,
-            "seed": SEED,
             "backbone": name,
             "size": size,
             "data": version,
@@ -801,7 +800,7 @@ def _pretrained(
             ),
             tc.learning_rate,
             tc.epochs,
-            _dataset(features, data.y, sample_w, train_rows, tc.batch_size, True),
+            _dataset(features, data.y, sample_w, train_rows, tc.batch_size, True, seed=tc.seed),
             features[val_rows],
             data.y[val_rows],
         )
@@ -816,14 +815,14 @@ def _pretrained(
         log.info("%s: fine-tuning the top %d backbone layers", ctx.name, n)
         return model
 
-    augment = augmenter(tc.augment_rotation_deg, tc.augment_intensity)
+    augment = augmenter(tc.augment_rotation_deg, tc.augment_intensity, tc.seed)
     tuned = _train_phase(
         ctx,
         "finetune",
         unfreeze,
         tc.finetune_learning_rate,
         tc.finetune_epochs,
-        _dataset(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment),
+        _dataset(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment, tc.seed),
         np.asarray(data.x[val_rows], dtype=np.float32),
         data.y[val_rows],
     )
@@ -831,16 +830,21 @@ def _pretrained(
 
 
 def _scratch(ctx: _Context, data: _Data, sample_w: np.ndarray, plan: _Plan) -> keras.Model | None:
-    """Every layer trains from random initialisation; BatchNorm statistics are recomputed on
-    the training images before each validation, so the checkpoints hold them too."""
+    """Every layer trains from random initialisation, on augmented images (a network that
+    learns everything from a few hundred slices memorises them otherwise); BatchNorm
+    statistics are recomputed on the training images before each validation, so the
+    checkpoints hold them too."""
     from components import backbones
 
     tc = ctx.cfg.training
     train_rows, val_rows = data.rows("train"), data.rows("val")
+    augment = augmenter(tc.augment_rotation_deg, tc.augment_intensity, tc.seed)
 
     def make() -> keras.Model:
         model = _build(ctx.cfg, plan)
         backbones.set_trainable(model, "all")
+        if redrawn := backbones.he_initialise(model, tc.seed):
+            log.info("%s: no BatchNorm: %d kernels drawn He-normal", ctx.name, redrawn)
         return model
 
     def recalibrate(model: keras.Model) -> Callable[[], object]:
@@ -854,7 +858,7 @@ def _scratch(ctx: _Context, data: _Data, sample_w: np.ndarray, plan: _Plan) -> k
         make,
         tc.scratch_learning_rate,
         tc.epochs,
-        _dataset(data.x, data.y, sample_w, train_rows, tc.batch_size, True),
+        _dataset(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment, tc.seed),
         np.asarray(data.x[val_rows], dtype=np.float32),
         data.y[val_rows],
         recalibrate,
@@ -998,7 +1002,7 @@ def train_backbone(
     ckpt = out_dir / CHECKPOINT_DIR
     ckpt.mkdir(parents=True, exist_ok=True)
     state = _State.load(ckpt, plan.inputs_hash) or _State(plan.inputs_hash)
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(cfg.training.seed)
     timings = {"setup_s": time.perf_counter() - started}
     t = time.perf_counter()
     data = load_inputs(cfg, plan.size)

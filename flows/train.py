@@ -77,8 +77,7 @@ def report_training(
 ) -> dict[str, Any]:
     """Close the parent run, write reports/train.json and a results table in the UI."""
     store = tracking.resolve_store(cfg.tracking, cfg.root)
-    if failures:
-        tracking.tag_run(store, parent_run_id, {"failed_backbones": ",".join(sorted(failures))})
+    tracking.tag_run(store, parent_run_id, tracking.outcome_tags(results, failures))
     tracking.end_study(store, parent_run_id, "FAILED" if failures else "FINISHED")
     write_training_summary(results, cfg.path(cfg.evaluation.reports_out) / "train.json")
     create_markdown_artifact(

@@ -77,13 +77,16 @@ def test_a_failing_backbone_is_reported_and_the_others_finish(project):
     flow = train.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
     outcome = flow(str(project / "params.yaml"), ["MobileNet", "VGG16", "DenseNet121"])
     assert sorted(outcome["results"]) == ["DenseNet121", "MobileNet"]
-    assert {r["status"] for r in outcome["results"].values()} <= {"trained", "skipped"}
+    assert {r["status"] for r in outcome["results"].values()} == {"skipped"}
     assert list(outcome["failures"]) == ["VGG16"]
     assert "VGG16" in outcome["failures"]["VGG16"]
     cfg = load_config(project / "params.yaml")
     client = MlflowClient(tracking.resolve_store(cfg.tracking, project).tracking_uri)
     parent = client.get_run(outcome["parent_run_id"])
     assert parent.data.tags["failed_backbones"] == "VGG16"
+    assert parent.data.tags["reused_backbones"] == "DenseNet121,MobileNet"
+    trained_by = parent.data.tags["reused.MobileNet.run_id"]
+    assert client.get_run(trained_by).data.tags["backbone"] == "MobileNet"
     assert parent.info.status == "FAILED"
     assert "**failed**" in Artifact.get(ARTIFACT_KEY).data
     broken.unlink()
