@@ -23,9 +23,6 @@ import argparse
 import base64
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -42,6 +39,7 @@ from components import registry, tracking  # noqa: E402
 from components.backbones import build_model  # noqa: E402
 from components.config import BACKBONES, InputConfig, TrackingConfig  # noqa: E402
 from tests.dicom_factory import stored_pixels, write_plain  # noqa: E402
+from tests.serving_server import mlflow_model_server  # noqa: E402
 
 NAME = "myelomet"
 STARTUP_TIMEOUT_S = 180
@@ -90,42 +88,6 @@ def _in_process(tracking_uri: str, data: bytes, n: int) -> list[float]:
         model.predict(frame)
         times.append(time.perf_counter() - start)
     return times
-
-
-def _start_server(tracking_uri: str, root: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": tracking_uri,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{NAME}@champion"]
-    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    with (root / "server.log").open("w") as log:
-        proc = subprocess.Popen(
-            command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return proc, url
-        except requests.ConnectionError:
-            time.sleep(0.5)
-    _stop(proc)
-    raise RuntimeError(f"the server did not come up; see {root / 'server.log'}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 def _served(url: str, data: bytes, n: int, clients: int) -> tuple[list[float], float]:
@@ -177,12 +139,14 @@ def main() -> None:
         data = write_plain(root / "slice.dcm", pixels=stored_pixels(512, 512)).path.read_bytes()
 
         in_process = _in_process(tracking_uri, data, args.n)
-        proc, url = _start_server(tracking_uri, root)
-        try:
+        with mlflow_model_server(
+            f"models:/{NAME}@champion",
+            {"MLFLOW_TRACKING_URI": tracking_uri},
+            cwd=root,
+            startup_timeout_s=STARTUP_TIMEOUT_S,
+        ) as url:
             single = _served(url, data, args.n, 1)
             loaded = _served(url, data, args.n, args.clients)
-        finally:
-            _stop(proc)
     local = _percentiles(in_process)
     print(f"{args.backbone} at {args.size} px, one 512x512 CT slice ({len(data)} bytes) per call")
     print(

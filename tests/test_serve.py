@@ -5,13 +5,6 @@ The server runs from another folder; MLflow puts the model's own copy of `compon
 """
 
 import base64
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import mlflow
 import pytest
@@ -21,31 +14,11 @@ from components import registry, tracking
 from components.config import TrackingConfig
 from tests.dicom_factory import stored_pixels, write_plain
 from tests.model_factory import BACKBONE, CLASSES, POSITIVE, WINDOWS, tiny_model, write_models_dir
+from tests.serving_server import mlflow_model_server
 
 pytestmark = pytest.mark.slow
 
-STARTUP_TIMEOUT_S = 120
 REQUEST_LIMIT = 100_000  # MYELOMET_MAX_REQUEST_BYTES of the server under test
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"no /ping within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-4000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -63,34 +36,17 @@ def served(tmp_path_factory):
     registry.register_and_promote(
         store, logged.model_uri, "myelomet", logged.tags, "patient_auc", 0.8, None, 0.0
     )
-    url = f"http://127.0.0.1:{_free_port()}"
     env = {
-        **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
         "MLFLOW_TRACKING_URI": store.tracking_uri,
         registry.MAX_REQUEST_BYTES_ENV: str(REQUEST_LIMIT),
-        # the server starts `uvicorn` by name: the one of this environment
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     workdir = root / "elsewhere"
     workdir.mkdir()
-    log = root / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/myelomet@champion",
-             "--env-manager", "local", "-h", "127.0.0.1", "-p", url.rsplit(":", 1)[1]],
-            cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        _wait_until_up(url, proc, log)
+    with mlflow_model_server(
+        "models:/myelomet@champion", env, cwd=workdir, log=root / "server.log"
+    ) as url:
         mlflow.set_tracking_uri(store.tracking_uri)
         yield url, mlflow.pyfunc.load_model("models:/myelomet@champion")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,109 @@
+"""`mlflow models serve` on 127.0.0.1 for tests and benchmarks: started, awaited, stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+STARTUP_TIMEOUT_S = 120
+STOP_TIMEOUT_S = 20
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(log: Path, chars: int = 4000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.is_file() else "(no log)"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL it if it does not exit in time."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@contextmanager
+def mlflow_model_server(
+    model_uri: str,
+    env: Mapping[str, str] | None = None,
+    *,
+    cwd: Path,
+    log: Path | None = None,
+    startup_timeout_s: float = STARTUP_TIMEOUT_S,
+) -> Iterator[str]:
+    """Serve a model with `mlflow models serve --env-manager local` on a free local port.
+
+    The server runs in its own process group from `cwd`, with this environment minus
+    PYTHONPATH (the model's own `code_paths` copy is what it serves with), the interpreter's
+    folder first on PATH (the server starts `uvicorn` by name) and `env` on top.
+
+    Args:
+        model_uri: e.g. models:/myelomet@champion.
+        env: extra environment variables, e.g. MLFLOW_TRACKING_URI.
+        cwd: the server's working folder.
+        log: where its stdout and stderr go; default `<cwd>/server.log`.
+        startup_timeout_s: how long to wait for GET /ping to answer 200.
+
+    Yields:
+        The base URL, e.g. http://127.0.0.1:54321.
+
+    Raises:
+        RuntimeError: the server exited or did not answer in time (with its log's tail).
+    """
+    port = free_port()
+    log = log if log is not None else cwd / "server.log"
+    full_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    full_env.update(env or {})
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+    command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(url, proc, log, startup_timeout_s)
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"mlflow models serve exited with {proc.returncode}:\n{_log_tail(log)}"
+            )
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or busy loading the model
+        time.sleep(0.5)
+    raise RuntimeError(f"mlflow models serve: no /ping within {timeout_s:g} s:\n{_log_tail(log)}")
