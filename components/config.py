@@ -132,6 +132,13 @@ BACKBONES = (
 )
 
 
+# The training params one backbone may set differently from the others.
+PER_BACKBONE = frozenset({
+    "image_size", "batch_size", "epochs", "learning_rate", "dropout", "patience",
+    "finetune_epochs", "finetune_fraction", "finetune_learning_rate", "scratch_learning_rate",
+})  # fmt: skip
+
+
 class TrainingConfig(_Frozen):
     """Fine-tuning of the backbones (myelomet train)."""
 
@@ -162,13 +169,30 @@ class TrainingConfig(_Frozen):
     retries: int = Field(1, ge=0)
     models_out: str = "models"
     cache_dir: str = "data/features"
+    # per backbone, values that differ from the ones above (e.g. VGG16: {epochs: 10})
+    overrides: dict[str, dict[str, int | float]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_backbones(self) -> TrainingConfig:
         unknown = sorted(set(self.backbones) - set(BACKBONES))
         if unknown:
             raise ValueError(f"training.backbones has unknown names {unknown}; known: {BACKBONES}")
+        for name, values in self.overrides.items():
+            if name not in BACKBONES:
+                raise ValueError(f"training.overrides.{name}: unknown backbone; known: {BACKBONES}")
+            wrong = sorted(set(values) - PER_BACKBONE)
+            if wrong:
+                raise ValueError(
+                    f"training.overrides.{name}: {wrong} cannot differ per backbone; "
+                    f"these can: {sorted(PER_BACKBONE)}"
+                )
+            self.for_backbone(name)  # each merged section must validate on its own
         return self
+
+    def for_backbone(self, name: str) -> TrainingConfig:
+        """This section with `name`'s overrides applied (and no overrides left in it)."""
+        merged = {**self.model_dump(), **self.overrides.get(name, {}), "overrides": {}}
+        return TrainingConfig.model_validate(merged)
 
 
 class LeakageConfig(_Frozen):

@@ -30,6 +30,9 @@ def _write(tmp_path: Path, data: dict) -> Path:
         ({"input": {"mode": "grey", "grey_window": "lung"}}, "grey_window"),
         ({"synthetic": {"slices_min": 9, "slices_max": 3}}, "slices_min"),
         ({"splitt": {}}, "splitt"),
+        ({"training": {"overrides": {"VGG19": {"epochs": 3}}}}, "overrides.VGG19: unknown"),
+        ({"training": {"overrides": {"VGG16": {"seed": 3}}}}, r"\['seed'\] cannot differ"),
+        ({"training": {"overrides": {"VGG16": {"epochs": 0}}}}, "epochs"),
     ],
 )
 def test_bad_params_fail_with_a_message_naming_the_key(tmp_path, data, message):
@@ -40,3 +43,12 @@ def test_bad_params_fail_with_a_message_naming_the_key(tmp_path, data, message):
 def test_missing_params_file_says_what_to_do(tmp_path):
     with pytest.raises(FileNotFoundError, match="--params"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_a_backbone_override_changes_that_backbone_only(tmp_path):
+    overrides = {"VGG16": {"scratch_learning_rate": 1e-4, "epochs": 3}}
+    cfg = load_config(_write(tmp_path, {"training": {"epochs": 6, "overrides": overrides}}))
+    vgg = cfg.training.for_backbone("VGG16")
+    assert (vgg.scratch_learning_rate, vgg.epochs, vgg.overrides) == (1e-4, 3, {})
+    other = cfg.training.for_backbone("MobileNet")
+    assert (other.scratch_learning_rate, other.epochs) == (cfg.training.scratch_learning_rate, 6)
