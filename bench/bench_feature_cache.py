@@ -35,15 +35,15 @@ def _train(
     model, x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray, epochs: int, batch: int
 ) -> float:
     """Train with the training loop's own steps and data pipeline; returns the final val loss."""
-    from components import training
+    from components import training_data, training_loop
 
-    training._compile(model, 1e-3)
-    steps = training._Steps(model, xla=False)
+    training_loop.compile_model(model, 1e-3)
+    steps = training_loop.Steps(model, xla=False)
     weights = np.ones(len(y), np.float32)
-    data = training._dataset(x, y, weights, np.arange(len(y)), batch, shuffle=True)
+    data = training_data.batches(x, y, weights, np.arange(len(y)), batch, shuffle=True)
     for _ in range(epochs):
-        training._fit_epoch(steps, data, "", positive=0)
-        val = training.scores(vy, steps.predict(vx), positive=0)
+        training_loop.fit_epoch(steps, data, "", positive=0)
+        val = training_loop.scores(vy, steps.predict(vx), positive=0)
     return val["loss"]
 
 
@@ -58,9 +58,9 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from components import backbones, training
+    from components import backbones, training_loop
 
-    training.configure_runtime("off", "off")
+    training_loop.configure_runtime("off", "off")
     x, y = _phantoms(args.train + args.val, args.size, seed=0)
     tx, ty, vx, vy = x[: args.train], y[: args.train], x[args.train :], y[args.train :]
 
@@ -72,7 +72,7 @@ def main() -> None:
     backbones.copy_head(model, head)  # both start from the same head weights
 
     start = time.perf_counter()
-    features = training.predict(backbones.feature_extractor(model), x)
+    features = training_loop.predict(backbones.feature_extractor(model), x)
     features_s = time.perf_counter() - start
     keras.utils.set_random_seed(1)
     train_f, val_f = features[: args.train], features[args.train :]

@@ -31,12 +31,12 @@ def main() -> None:
     started = time.perf_counter()
     import keras
 
-    from components import backbones, training
+    from components import backbones, training_data, training_loop
     from components.config import load_config
 
     import_s = time.perf_counter() - started
     cfg = load_config(args.params)
-    runtime = training.configure_runtime(cfg.training.mixed_precision, cfg.training.xla)
+    runtime = training_loop.configure_runtime(cfg.training.mixed_precision, cfg.training.xla)
     batch = args.batch or cfg.training.batch_size
     names = args.backbones or list(cfg.training.backbones)
     print(
@@ -53,13 +53,15 @@ def main() -> None:
         keras.utils.set_random_seed(0)
         start = time.perf_counter()
         model = backbones.build_model(name, size, "none")
-        training._compile(model, 1e-3)
-        steps = training._Steps(model, runtime.xla)
+        training_loop.compile_model(model, 1e-3)
+        steps = training_loop.Steps(model, runtime.xla)
         build_s = time.perf_counter() - start
-        data = training._dataset(x, y, np.ones(len(y), np.float32), np.arange(len(y)), batch, True)
-        first = training._fit_epoch(steps, data, name, positive=0)
+        data = training_data.batches(
+            x, y, np.ones(len(y), np.float32), np.arange(len(y)), batch, True
+        )
+        first = training_loop.fit_epoch(steps, data, name, positive=0)
         first_s = args.images / first["train_images_per_s"]
-        epochs = [training._fit_epoch(steps, data, name, 0) for _ in range(args.epochs)]
+        epochs = [training_loop.fit_epoch(steps, data, name, 0) for _ in range(args.epochs)]
         rate = float(np.median([e["train_images_per_s"] for e in epochs]))
         steps.predict(x[:batch])
         start = time.perf_counter()

@@ -15,8 +15,13 @@ the statistics on the training set before each validation (`PreciseBatchNorm`).
 
 Every epoch writes a checkpoint (model with optimizer state, and a JSON state) to
 `out_dir/checkpoint/`; a run that stops resumes from its last epoch, and a finished run with
-the same inputs is skipped. Training is a plain loop over tf.data rather than `Model.fit`:
-`fit` traces each training step twice, which on a CPU costs up to a minute per backbone.
+the same inputs is skipped.
+
+This module plans the run (weights, inputs hash), builds the model, runs the phases and
+writes the outputs. The inputs, class weights and tf.data batches are in
+`components.training_data`; the loop of one phase (a plain loop over tf.data rather than
+`Model.fit`, checkpoints, resume), the TensorFlow runtime and `PreciseBatchNorm` in
+`components.training_loop`.
 
 Run one backbone in its own process (TensorFlow does not give memory back):
 `python -m components.training --backbone NAME [--params params.yaml] [--out DIR]
@@ -28,15 +33,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,10 +47,31 @@ import numpy as np
 import pandas as pd
 
 from components.config import Config, load_config
+from components.training_data import (
+    InputDataError,
+    TrainingData,
+    augmenter,
+    batches,
+    class_weights,
+    data_paths,
+    data_version,
+    hash_json,
+    input_key,
+    load_inputs,
+)
+from components.training_loop import (
+    PhaseContext,
+    PreciseBatchNorm,
+    RunState,
+    Runtime,
+    configure_runtime,
+    predict,
+    scores,
+    train_phase,
+)
 
 if TYPE_CHECKING:
     import keras
-    import tensorflow as tf
     from matplotlib.figure import Figure
 
     from components.backbones import WeightsSource
@@ -66,8 +90,6 @@ CHECKPOINT_DIR = "checkpoint"
 
 # Part of every inputs hash: bump it when a change here changes what training produces.
 TRAINING_VERSION = 2
-# Batch for inference passes (features, validation, predictions, BatchNorm statistics).
-INFER_BATCH = 64
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -75,41 +97,12 @@ EXIT_USAGE = 2
 EXIT_WEIGHTS = 3
 EXIT_DATA = 4
 
-Phase = Literal["head", "finetune", "scratch"]
 Status = Literal["trained", "resumed", "skipped", "paused"]
-
-
-class InputDataError(ValueError):
-    """The manifest or split cannot be used for training."""
 
 
 def probability_column(positive_class: str) -> str:
     """Name of the predicted-probability column in predictions.csv (e.g. p_mm)."""
     return f"p_{positive_class.lower()}"
-
-
-def _sha256_files(paths: Sequence[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def _hash_json(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _input_key(cfg: Config) -> dict[str, Any]:
-    """What of the input config shapes the model inputs (part of cache keys and hashes)."""
-    return {
-        "windows": [w.model_dump() for w in cfg.input.channel_windows()],
-        "crop": cfg.input.crop,
-    }
-
-
-def data_version(manifest: Path, split: Path) -> str:
-    """Short hash of the manifest and split contents: the data a model was trained on."""
-    return _sha256_files([manifest, split])[:16]
 
 
 @dataclass(frozen=True)
@@ -143,533 +136,6 @@ class TrainResult:
     def from_json(cls, text: str) -> TrainResult:
         raw = json.loads(text)
         return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
-
-
-# --------------------------------------------------------------------------- data
-
-
-@dataclass(frozen=True)
-class _Data:
-    table: pd.DataFrame  # image_id, patient, label, split; row i is x[i]
-    x: np.ndarray  # (n, size, size, 3) float32 0..255, maybe memory-mapped
-    y: np.ndarray  # class index into cfg.classes
-    version: str
-
-    def rows(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.table["split"].to_numpy() == split)
-
-
-def _data_paths(cfg: Config) -> tuple[Path, Path]:
-    manifest = cfg.path(cfg.ingest.out) / "manifest.csv"
-    split = cfg.path(cfg.split.out)
-    for path, stage in ((manifest, "ingest"), (split, "split")):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found; run `myelomet {stage}` first")
-    return manifest, split
-
-
-def _read_table(cfg: Config, manifest: Path, split: Path) -> pd.DataFrame:
-    rows = pd.read_csv(split)
-    files = pd.read_csv(manifest, usecols=["image_id", "file"])
-    table = rows.merge(files, on="image_id", how="left", validate="one_to_one")
-    missing = table["file"].isna()
-    if missing.any():
-        raise InputDataError(
-            f"{split}: {int(missing.sum())} image_ids are not in {manifest} "
-            f"(e.g. {table.loc[missing, 'image_id'].iloc[0]}); rerun `myelomet split`"
-        )
-    unknown = sorted(set(table["label"]) - set(cfg.classes))
-    if unknown:
-        raise InputDataError(f"{split}: labels {unknown} are not in classes {list(cfg.classes)}")
-    for name in ("train", "val"):
-        if not (table["split"] == name).any():
-            raise InputDataError(f"{split}: no {name} rows; training needs train and val")
-    return table
-
-
-def load_inputs(cfg: Config, size: int) -> _Data:
-    """Every slice of the split as model input at one size, cached under training.cache_dir.
-
-    The cache (`inputs/<size>px-<key>.npy`, memory-mapped when read) is keyed by the data
-    version, windows and size, so backbones of the same size share it.
-
-    Raises:
-        FileNotFoundError: manifest or split missing.
-        InputDataError: they do not fit together.
-    """
-    from tqdm import tqdm
-
-    from components.dataset import model_input
-
-    manifest, split = _data_paths(cfg)
-    version = data_version(manifest, split)
-    table = _read_table(cfg, manifest, split)
-    windows = cfg.input.channel_windows()
-    key = _hash_json([version, size, _input_key(cfg)])[:16]
-    path = cfg.path(cfg.training.cache_dir) / "inputs" / f"{size}px-{key}.npy"
-    n = len(table)
-    x: np.ndarray | None = None
-    if path.is_file():
-        x = np.load(path, mmap_mode="r")
-        if x.shape != (n, size, size, 3):
-            x = None
-    if x is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, size, size, 3))
-        for i, file in enumerate(tqdm(table["file"], desc=f"model inputs {size}px", disable=None)):
-            out[i] = model_input(np.load(manifest.parent / file), windows, size, cfg.input.crop)
-        out.flush()
-        del out
-        os.replace(tmp, path)
-        x = np.load(path, mmap_mode="r")
-    y = table["label"].map({c: i for i, c in enumerate(cfg.classes)}).to_numpy(np.int32)
-    return _Data(table[["image_id", "patient", "label", "split"]], x, y, version)
-
-
-def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-class weights n / (k * n_c) of the training labels (absent classes get 0)."""
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    with np.errstate(divide="ignore"):
-        weights = np.where(counts > 0, len(y) / (n_classes * counts), 0.0)
-    return weights.astype(np.float32)
-
-
-# --------------------------------------------------------------------------- runtime
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """How TensorFlow runs here: GPUs, compute precision, XLA."""
-
-    gpus: int
-    precision: Literal["float32", "float16", "bfloat16"]
-    xla: bool
-
-
-def configure_runtime(
-    mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto",
-    xla: Literal["auto", "on", "off"] = "auto",
-) -> Runtime:
-    """Set GPU memory growth, CPU threads, the Keras dtype policy; decide on XLA.
-
-    "auto" turns mixed float16 and XLA on with a GPU and off without one. Without a GPU,
-    TensorFlow uses every CPU this process may run on (one op at a time) and skips Grappler.
-    Thread and memory settings only take effect before TensorFlow's first operation.
-    """
-    import keras
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    with contextlib.suppress(RuntimeError):
-        for gpu in gpus:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        if not gpus:
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-            tf.config.threading.set_intra_op_parallelism_threads(cpus or 0)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-    if not gpus:
-        # Grappler's graph rewrites cost 2-10 s per traced function on a CPU (DenseNet169's
-        # first training step: 15 s with them, 5 s without) and measured no faster steps.
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    if mixed_precision == "auto":
-        precision = "float16" if gpus else "float32"
-    elif mixed_precision == "off":
-        precision = "float32"
-    else:
-        precision = mixed_precision
-    keras.mixed_precision.set_dtype_policy(
-        "float32" if precision == "float32" else f"mixed_{precision}"
-    )
-    use_xla = bool(gpus) if xla == "auto" else xla == "on"
-    return Runtime(len(gpus), precision, use_xla)
-
-
-# --------------------------------------------------------------------------- tf.data
-
-
-def _dataset(
-    x: np.ndarray,
-    y: np.ndarray,
-    w: np.ndarray,
-    rows: np.ndarray,
-    batch: int,
-    shuffle: bool,
-    augment: Callable[..., Any] | None = None,
-    seed: int = 0,
-) -> tf.data.Dataset:
-    """Batches of (x, y, sample weight) gathered from arrays (memory-mapped ones included),
-    shuffled with `seed` when `shuffle`."""
-    import tensorflow as tf
-
-    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        idx = np.sort(idx)
-        return np.asarray(x[idx], dtype=np.float32), y[idx], w[idx]
-
-    ds = tf.data.Dataset.from_tensor_slices(rows.astype(np.int64))
-    if shuffle:
-        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    # whole batches only when there are some: a batch of 1-2 images upsets BatchNorm
-    ds = ds.batch(batch, drop_remainder=shuffle and len(rows) > batch)
-    shape = (None, *x.shape[1:])
-
-    @tf.autograph.experimental.do_not_convert
-    def load(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        xb, yb, wb = tf.numpy_function(gather, [idx], (tf.float32, tf.int32, tf.float32))
-        xb.set_shape(shape)
-        yb.set_shape((None,))
-        wb.set_shape((None,))
-        return xb, yb, wb
-
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if augment is not None:
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def augmenter(rotation_deg: float, intensity: float, seed: int) -> Callable[..., Any]:
-    """Random left-right flip, rotation within ±rotation_deg, gain and offset within
-    ±intensity (of the 0..255 range), on batches of (x, y, w).
-
-    Only left-right flips: an axial slice flipped front to back is not anatomy.
-    """
-    import keras
-    import tensorflow as tf
-
-    flip = keras.layers.RandomFlip("horizontal", seed=seed)
-    rotate = (
-        keras.layers.RandomRotation(rotation_deg / 360.0, fill_mode="nearest", seed=seed)
-        if rotation_deg > 0
-        else None
-    )
-
-    @tf.autograph.experimental.do_not_convert
-    def augment(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        x = flip(x, training=True)
-        if rotate is not None:
-            x = rotate(x, training=True)
-        if intensity > 0:
-            n = tf.shape(x)[0]
-            gain = tf.random.uniform((n, 1, 1, 1), 1.0 - intensity, 1.0 + intensity)
-            offset = tf.random.uniform((n, 1, 1, 1), -intensity, intensity) * 255.0
-            x = tf.clip_by_value(x * gain + offset, 0.0, 255.0)
-        return x, y, w
-
-    return augment
-
-
-# --------------------------------------------------------------------------- the loop
-
-
-def scores(y: np.ndarray, probs: np.ndarray, positive: int) -> dict[str, float]:
-    """Cross-entropy, accuracy and AUC (positive class vs the other) of probabilities."""
-    from sklearn.metrics import roc_auc_score
-
-    p_true = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
-    is_pos = y == positive
-    auc = (
-        float(roc_auc_score(is_pos, probs[:, positive]))
-        if 0 < is_pos.sum() < len(y)
-        else float("nan")
-    )
-    return {
-        "loss": float(-np.log(p_true).mean()) + 0.0,  # + 0.0: no "-0.0" for a perfect fit
-        "accuracy": float((probs.argmax(axis=1) == y).mean()),
-        "auc": auc,
-    }
-
-
-class _Steps:
-    """The traced training and inference steps of one model and optimizer (one trace each).
-
-    Every tf.function here has autograph off: nothing in them branches on tensors, and
-    autograph re-reads source files, so editing the code under a running job breaks it.
-    """
-
-    def __init__(self, model: keras.Model, xla: bool) -> None:
-        import keras
-        import tensorflow as tf
-
-        self.model = model
-        optimizer = model.optimizer
-        if not optimizer.built:  # a loaded checkpoint's optimizer is built with its state
-            optimizer.build(model.trainable_variables)
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        label = tf.TensorSpec((None,), tf.int32)
-
-        @tf.function(
-            input_signature=[spec, label, tf.TensorSpec((None,), tf.float32)],
-            jit_compile=xla,
-            autograph=False,
-        )
-        def train_step(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            with tf.GradientTape() as tape:
-                probs = model(x, training=True)
-                ce = keras.losses.sparse_categorical_crossentropy(y, probs)
-                loss = tf.reduce_mean(ce * w)
-                if model.losses:
-                    loss += tf.add_n([tf.cast(v, loss.dtype) for v in model.losses])
-                scaled = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
-            return loss, probs
-
-        @tf.function(input_signature=[spec], jit_compile=xla, autograph=False)
-        def predict_step(x: tf.Tensor) -> tf.Tensor:
-            return model(x, training=False)
-
-        self.train_step = train_step
-        self.predict_step = predict_step
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Outputs for every row of x in inference mode, with the model's current weights."""
-        return _batched(self.predict_step, x)
-
-
-def _batched(step: Callable[[Any], Any], x: np.ndarray) -> np.ndarray:
-    out = [
-        step(np.asarray(x[i : i + INFER_BATCH], dtype=np.float32)).numpy()
-        for i in range(0, len(x), INFER_BATCH)
-    ]
-    return np.concatenate(out).astype(np.float32)
-
-
-def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """Outputs of a model in inference mode for every row of x, in batches, one trace."""
-    import tensorflow as tf
-
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    step = tf.function(lambda t: model(t, training=False), input_signature=[spec], autograph=False)
-    return _batched(step, x)
-
-
-class PreciseBatchNorm:
-    """Sets every trainable BatchNorm layer's moving mean and variance to the average, over
-    the training images in batches of INFER_BATCH, of the batch statistics the layer
-    normalises with in training mode ("precise BN"). Weights do not change.
-
-    Runs from scratch need it: in a few hundred steps the moving averages (momentum 0.99,
-    MobileNetV2 0.999) stay near their initial values and inference-mode outputs are
-    constant. The forward pass is traced once, so calling it every epoch is cheap.
-    """
-
-    def __init__(self, model: keras.Model) -> None:
-        import tensorflow as tf
-
-        from components.backbones import batch_norm_layers
-
-        self.layers = [bn for bn in batch_norm_layers(model) if bn.trainable]
-        momenta = [bn.momentum for bn in self.layers]
-        for bn in self.layers:
-            bn.momentum = 0.0  # moving statistics := this batch's statistics
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        forward = tf.function(
-            lambda t: model(t, training=True), input_signature=[spec], autograph=False
-        )
-        try:
-            self._forward = forward.get_concrete_function()
-        finally:
-            for bn, momentum in zip(self.layers, momenta, strict=True):
-                bn.momentum = momentum
-
-    def __call__(self, x: np.ndarray, rows: np.ndarray) -> int:
-        """Recompute the statistics on x[rows]; returns the number of layers updated."""
-        if not self.layers or len(rows) == 0:
-            return 0
-        sums = [
-            [np.zeros(bn.moving_mean.shape), np.zeros(bn.moving_mean.shape)] for bn in self.layers
-        ]
-        for i in range(0, len(rows), INFER_BATCH):
-            chunk = np.sort(rows[i : i + INFER_BATCH])
-            self._forward(np.asarray(x[chunk], dtype=np.float32))
-            for acc, bn in zip(sums, self.layers, strict=True):
-                acc[0] += len(chunk) * np.asarray(bn.moving_mean)
-                acc[1] += len(chunk) * np.asarray(bn.moving_variance)
-        for (mean, var), bn in zip(sums, self.layers, strict=True):
-            bn.moving_mean.assign(mean / len(rows))
-            bn.moving_variance.assign(var / len(rows))
-        return len(self.layers)
-
-
-@dataclass
-class _State:
-    """Progress of a run, saved with every checkpoint (`checkpoint/state.json`)."""
-
-    inputs_hash: str
-    run_id: str | None = None
-    phase: str = ""
-    epoch: int = 0  # epochs finished, all phases
-    phase_start: int = 0  # value of epoch when the current phase began
-    phase_done: bool = False
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    wait: int = 0
-    last_file: str = ""  # checkpoint of the last finished epoch
-    best_file: str = ""  # checkpoint of the current phase's best epoch
-    resumed: bool = False
-    history: list[dict[str, Any]] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def save(self, folder: Path) -> None:
-        tmp = folder / "state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, folder / "state.json")
-
-    @classmethod
-    def load(cls, folder: Path, inputs_hash: str) -> _State | None:
-        path = folder / "state.json"
-        if not path.is_file():
-            return None
-        state = cls(**json.loads(path.read_text()))
-        return state if state.inputs_hash == inputs_hash else None
-
-
-@dataclass
-class _Context:
-    """What a training phase needs besides its model and data."""
-
-    name: str
-    cfg: Config
-    runtime: Runtime
-    ckpt: Path
-    state: _State
-    run: BackboneRun | None
-    epoch_limit: int | None
-    epochs_this_call: int = 0
-    predict: Callable[[np.ndarray], np.ndarray] | None = None  # the last phase's model
-
-    @property
-    def paused(self) -> bool:
-        return self.epoch_limit is not None and self.epochs_this_call >= self.epoch_limit
-
-    @property
-    def positive(self) -> int:
-        return self.cfg.classes.index(self.cfg.positive_class)
-
-
-def _compile(model: keras.Model, learning_rate: float) -> None:
-    import keras
-
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        jit_compile=False,  # the loop traces its own steps; compile only attaches the optimizer
-    )
-
-
-def _save_checkpoint(model: keras.Model, ctx: _Context, best: bool) -> None:
-    """Save the model with its optimizer as `epoch-NNNN.keras`, then the state that names it
-    (and the best epoch's file); the state is the commit, files it does not name are removed."""
-    state = ctx.state
-    name = f"epoch-{state.epoch:04d}.keras"
-    model.save(ctx.ckpt / name)
-    state.last_file = name
-    if best:
-        state.best_file = name
-    state.save(ctx.ckpt)
-    for path in ctx.ckpt.glob("epoch-*.keras"):
-        if path.name not in {state.last_file, state.best_file}:
-            path.unlink()
-
-
-def _fit_epoch(steps: _Steps, train: tf.data.Dataset, desc: str, positive: int) -> dict[str, float]:
-    """One pass over the training batches; loss is class-weighted (what is minimised),
-    accuracy and AUC are of the training-mode predictions."""
-    from tqdm import tqdm
-
-    start = time.perf_counter()
-    loss_sum, probs, labels = 0.0, [], []
-    for xb, yb, wb in tqdm(train, desc=desc, leave=False, disable=None):
-        loss, p = steps.train_step(xb, yb, wb)
-        loss_sum += float(loss) * len(yb)
-        probs.append(p.numpy())
-        labels.append(yb.numpy())
-    seconds = time.perf_counter() - start
-    y = np.concatenate(labels)
-    fit = scores(y, np.concatenate(probs).astype(np.float32), positive)
-    return {**fit, "loss": loss_sum / len(y), "train_images_per_s": len(y) / seconds}
-
-
-def _train_phase(
-    ctx: _Context,
-    phase: Phase,
-    make_model: Callable[[], keras.Model],
-    learning_rate: float,
-    epochs: int,
-    train: tf.data.Dataset,
-    val_x: np.ndarray,
-    val_y: np.ndarray,
-    before_validation: Callable[[keras.Model], Callable[[], object]] | None = None,
-) -> keras.Model | None:
-    """Train one phase: Adam, early stopping on validation loss (training.patience), the
-    best epoch's weights restored, a checkpoint every epoch, resumed from one when the state
-    says this phase was under way. `before_validation(model)` returns what to run after each
-    epoch's training and before its validation.
-
-    Returns:
-        The model at its best epoch, or None when epoch_limit paused the run.
-    """
-    import keras
-
-    from components.backbones import custom_objects
-
-    state = ctx.state
-    if state.phase == phase:
-        model = keras.saving.load_model(ctx.ckpt / state.last_file, custom_objects=custom_objects())
-        log.info("%s: resuming %s after epoch %d", ctx.name, phase, state.epoch)
-        state.resumed = True
-    else:
-        model = make_model()
-        _compile(model, learning_rate)
-        state.phase, state.phase_start, state.phase_done = phase, state.epoch, False
-        state.best_loss, state.best_epoch, state.wait = math.inf, 0, 0
-    callback = ctx.run.epoch_callback() if ctx.run is not None else None
-    steps = _Steps(model, ctx.runtime.xla)
-    prepare = before_validation(model) if before_validation is not None else None
-    while not state.phase_done:
-        if ctx.paused:
-            return None
-        start = time.perf_counter()
-        fit = _fit_epoch(steps, train, f"{ctx.name} {phase} {state.epoch + 1}", ctx.positive)
-        t = time.perf_counter()
-        if prepare is not None:
-            prepare()
-        prepare_s = time.perf_counter() - t
-        val = scores(val_y, steps.predict(val_x), ctx.positive)
-        state.epoch += 1
-        ctx.epochs_this_call += 1
-        row = {
-            "epoch": state.epoch,
-            "phase": phase,
-            **{k: fit[k] for k in ("loss", "accuracy", "auc")},
-            **{f"val_{k}": val[k] for k in ("loss", "accuracy", "auc")},
-            "learning_rate": learning_rate,
-            "seconds": time.perf_counter() - start,
-            "train_images_per_s": fit["train_images_per_s"],
-            "bn_recalibration_s": prepare_s,
-        }
-        state.history.append(row)
-        improved = val["loss"] < state.best_loss
-        if improved:
-            state.best_loss, state.best_epoch, state.wait = val["loss"], state.epoch, 0
-        else:
-            state.wait += 1
-        stop_early = state.wait >= ctx.cfg.training.patience
-        state.phase_done = stop_early or state.epoch - state.phase_start >= epochs
-        _save_checkpoint(model, ctx, best=improved)
-        if callback is not None:
-            logs = {k: v for k, v in row.items() if k not in ("epoch", "phase")}
-            callback.on_epoch_end(state.epoch - 1, logs)
-        log.info(
-            "%s %s epoch %d/%d: loss %.4f acc %.3f auc %.3f | val loss %.4f acc %.3f auc %.3f"
-            " | %.1f s, %.0f img/s%s",
-            ctx.name, phase, state.epoch - state.phase_start, epochs, fit["loss"],
-            fit["accuracy"], fit["auc"], val["loss"], val["accuracy"], val["auc"],
-            row["seconds"], row["train_images_per_s"], " | early stop" if stop_early else "",
-        )  # fmt: skip
-    model.load_weights(ctx.ckpt / state.best_file)
-    ctx.predict = steps.predict
-    return model
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -720,9 +186,9 @@ def _plan(name: str, cfg: Config) -> _Plan:
     tc = cfg.training
     size = get_backbone(name).input_size(tc.image_size)
     runtime = configure_runtime(tc.mixed_precision, tc.xla)
-    version = data_version(*_data_paths(cfg))
+    version = data_version(*data_paths(cfg))
     source = _weights(name, cfg)
-    inputs_hash = _hash_json(
+    inputs_hash = hash_json(
         {
             "version": TRAINING_VERSION,
             "backbone": name,
@@ -731,7 +197,7 @@ def _plan(name: str, cfg: Config) -> _Plan:
             "weights": source.sha256 or "random",
             "precision": runtime.precision,
             "training": tc.model_dump(include=_HASHED_TRAINING),
-            "input": _input_key(cfg),
+            "input": input_key(cfg),
             "classes": cfg.classes,
             "positive": cfg.positive_class,
         }
@@ -747,7 +213,9 @@ def _finished(out_dir: Path, inputs_hash: str) -> TrainResult | None:
     return result if result.inputs_hash == inputs_hash and result.status != "paused" else None
 
 
-def _features(model: keras.Model, data: _Data, cfg: Config, plan: _Plan) -> tuple[np.ndarray, str]:
+def _features(
+    model: keras.Model, data: TrainingData, cfg: Config, plan: _Plan
+) -> tuple[np.ndarray, str]:
     """Pooled backbone features of every image, from the cache or computed once and cached
     under training.cache_dir/features/<backbone>/, keyed by data version, size, windows and
     weights file.
@@ -757,7 +225,7 @@ def _features(model: keras.Model, data: _Data, cfg: Config, plan: _Plan) -> tupl
     """
     from components.backbones import feature_extractor
 
-    key = _hash_json([data.version, plan.size, plan.source.sha256, _input_key(cfg)])[:16]
+    key = hash_json([data.version, plan.size, plan.source.sha256, input_key(cfg)])[:16]
     path = cfg.path(cfg.training.cache_dir) / "features" / plan.name / f"{plan.size}px-{key}.npy"
     if path.is_file():
         features = np.load(path)
@@ -774,7 +242,7 @@ def _features(model: keras.Model, data: _Data, cfg: Config, plan: _Plan) -> tupl
 
 
 def _pretrained(
-    ctx: _Context, data: _Data, sample_w: np.ndarray, plan: _Plan
+    ctx: PhaseContext, data: TrainingData, sample_w: np.ndarray, plan: _Plan
 ) -> tuple[keras.Model | None, np.ndarray]:
     """Phase 1 (head on cached features), then phase 2 (fine-tune the top, augmented).
 
@@ -792,7 +260,7 @@ def _pretrained(
         t = time.perf_counter()
         features, cache = _features(model, data, ctx.cfg, plan)
         state.extra.update(feature_cache=cache, features_s=time.perf_counter() - t)
-        head = _train_phase(
+        head = train_phase(
             ctx,
             "head",
             lambda: backbones.build_head(
@@ -800,7 +268,7 @@ def _pretrained(
             ),
             tc.learning_rate,
             tc.epochs,
-            _dataset(features, data.y, sample_w, train_rows, tc.batch_size, True, seed=tc.seed),
+            batches(features, data.y, sample_w, train_rows, tc.batch_size, True, seed=tc.seed),
             features[val_rows],
             data.y[val_rows],
         )
@@ -816,20 +284,22 @@ def _pretrained(
         return model
 
     augment = augmenter(tc.augment_rotation_deg, tc.augment_intensity, tc.seed)
-    tuned = _train_phase(
+    tuned = train_phase(
         ctx,
         "finetune",
         unfreeze,
         tc.finetune_learning_rate,
         tc.finetune_epochs,
-        _dataset(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment, tc.seed),
+        batches(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment, tc.seed),
         np.asarray(data.x[val_rows], dtype=np.float32),
         data.y[val_rows],
     )
     return tuned, data.x
 
 
-def _scratch(ctx: _Context, data: _Data, sample_w: np.ndarray, plan: _Plan) -> keras.Model | None:
+def _scratch(
+    ctx: PhaseContext, data: TrainingData, sample_w: np.ndarray, plan: _Plan
+) -> keras.Model | None:
     """Every layer trains from random initialisation, on augmented images (a network that
     learns everything from a few hundred slices memorises them otherwise); BatchNorm
     statistics are recomputed on the training images before each validation, so the
@@ -852,13 +322,13 @@ def _scratch(ctx: _Context, data: _Data, sample_w: np.ndarray, plan: _Plan) -> k
         ctx.state.extra["bn_recalibrated_layers"] = len(precise.layers)
         return functools.partial(precise, data.x, train_rows)
 
-    return _train_phase(
+    return train_phase(
         ctx,
         "scratch",
         make,
         tc.scratch_learning_rate,
         tc.epochs,
-        _dataset(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment, tc.seed),
+        batches(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment, tc.seed),
         np.asarray(data.x[val_rows], dtype=np.float32),
         data.y[val_rows],
         recalibrate,
@@ -927,7 +397,7 @@ def _maybe_run(
         yield run
 
 
-def _start_logging(run: BackboneRun, cfg: Config, plan: _Plan, data: _Data) -> None:
+def _start_logging(run: BackboneRun, cfg: Config, plan: _Plan, data: TrainingData) -> None:
     from components.tracking import git_commit
 
     run.set_tags(
@@ -1001,7 +471,7 @@ def train_backbone(
         )  # fmt: skip
     ckpt = out_dir / CHECKPOINT_DIR
     ckpt.mkdir(parents=True, exist_ok=True)
-    state = _State.load(ckpt, plan.inputs_hash) or _State(plan.inputs_hash)
+    state = RunState.load(ckpt, plan.inputs_hash) or RunState(plan.inputs_hash)
     keras.utils.set_random_seed(cfg.training.seed)
     timings = {"setup_s": time.perf_counter() - started}
     t = time.perf_counter()
@@ -1013,7 +483,7 @@ def train_backbone(
         if run is not None:
             state.run_id = run.run_id
             _start_logging(run, cfg, plan, data)
-        ctx = _Context(name, cfg, plan.runtime, ckpt, state, run, epoch_limit)
+        ctx = PhaseContext(name, cfg, plan.runtime, ckpt, state, run, epoch_limit)
         t = time.perf_counter()
         if plan.source.kind == "imagenet":
             model, predict_inputs = _pretrained(ctx, data, sample_w, plan)
@@ -1047,7 +517,7 @@ def train_backbone(
 
 
 def _result(
-    plan: _Plan, out_dir: Path, state: _State, status: Status, started: float, **metrics: Any
+    plan: _Plan, out_dir: Path, state: RunState, status: Status, started: float, **metrics: Any
 ) -> TrainResult:
     return TrainResult(
         backbone=plan.name,
@@ -1067,11 +537,11 @@ def _result(
 def _write_outputs(
     model: keras.Model,
     probs: np.ndarray,
-    data: _Data,
+    data: TrainingData,
     cfg: Config,
     plan: _Plan,
     out_dir: Path,
-    state: _State,
+    state: RunState,
     timings: dict[str, float],
     started: float,
 ) -> TrainResult:
@@ -1128,7 +598,7 @@ def _finish_logging(
     out_dir: Path,
     result: TrainResult,
     timings: dict[str, float],
-    data: _Data,
+    data: TrainingData,
     probs: np.ndarray,
 ) -> None:
     metrics = json.loads((out_dir / METRICS_FILE).read_text())

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from components import backbones, tracking, training
+from components import backbones, tracking, training, training_data, training_loop
 from components.backbones import WeightsUnavailable, get_backbone
 from components.config import BACKBONES, load_config
 
@@ -88,14 +88,14 @@ def test_data_version_follows_the_split_contents(project, tmp_path):
     manifest = project / "data" / "processed" / "manifest.csv"
     split = tmp_path / "split.csv"
     split.write_bytes((project / "data" / "splits" / "split.csv").read_bytes())
-    before = training.data_version(manifest, split)
-    assert training.data_version(manifest, split) == before
+    before = training_data.data_version(manifest, split)
+    assert training_data.data_version(manifest, split) == before
     split.write_text(split.read_text().replace(",train", ",val", 1))
-    assert training.data_version(manifest, split) != before
+    assert training_data.data_version(manifest, split) != before
 
 
 def test_class_weights_balance_the_training_labels():
-    weights = training.class_weights(np.array([0, 0, 0, 1]), 2)
+    weights = training_data.class_weights(np.array([0, 0, 0, 1]), 2)
     np.testing.assert_allclose(weights, [4 / 6, 2.0])
 
 
@@ -104,7 +104,7 @@ def test_batch_norm_recalibration_sets_the_training_statistics():
     bn = keras.layers.BatchNormalization(momentum=0.999)
     model = keras.Model(inputs, bn(inputs))
     x = np.random.default_rng(0).normal([5.0, -2.0, 0.0], [2.0, 0.5, 1.0], (256, 3))
-    assert training.PreciseBatchNorm(model)(x.astype(np.float32), np.arange(256)) == 1
+    assert training_loop.PreciseBatchNorm(model)(x.astype(np.float32), np.arange(256)) == 1
     np.testing.assert_allclose(bn.moving_mean.numpy(), x.mean(axis=0), atol=1e-4)
     np.testing.assert_allclose(bn.moving_variance.numpy(), x.var(axis=0), rtol=0.05)
     assert bn.momentum == 0.999
