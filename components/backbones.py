@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import keras
+import numpy as np
 
 WEIGHTS_MANIFEST = "weights.json"
 DOWNLOAD_TIMEOUT_S = 20.0
@@ -454,14 +455,16 @@ def set_trainable(
     return sum(1 for layer in layers if layer.trainable)
 
 
-def he_initialise(model: keras.Model, seed: int) -> int:
-    """Redraw the backbone's convolution kernels He-normal, biases zero, where it has no
-    BatchNorm (VGG16); a model that trains from random initialisation calls this.
+def scratch_initialise(model: keras.Model, x: np.ndarray, seed: int) -> int:
+    """Initialise a backbone without BatchNorm (VGG16) for training from scratch: kernels
+    He-normal, biases zero, then each convolution in turn scaled so that its output on the
+    training images `x` has unit root mean square (layer-sequential unit variance).
 
-    Keras draws the applications' kernels Glorot-uniform, for ImageNet weights to overwrite.
-    In a deep ReLU stack without BatchNorm that halves the signal's variance at every layer,
-    and training from scratch never leaves chance; He-normal keeps the variance. Networks
-    with BatchNorm rescale their activations themselves and are left as built.
+    Keras draws the applications' kernels Glorot-uniform, for ImageNet weights to overwrite:
+    in a deep ReLU stack without BatchNorm that shrinks the signal layer by layer, while
+    He-normal alone keeps the 0..255 input's scale and saturates the softmax; either way
+    training from scratch stays at chance. Networks with BatchNorm normalise their own
+    activations and are left as built.
 
     Returns:
         How many kernels were redrawn (0 for networks with BatchNorm).
@@ -473,6 +476,10 @@ def he_initialise(model: keras.Model, seed: int) -> int:
         layer.kernel.assign(keras.initializers.HeNormal(seed=seed + i)(layer.kernel.shape))
         if layer.bias is not None:
             layer.bias.assign(keras.ops.zeros(layer.bias.shape))
+        # ReLU after a bias-free convolution is positively homogeneous: one rescale is exact
+        rms = float(np.sqrt(np.mean(np.square(keras.Model(model.inputs, layer.output)(x)))))
+        if rms > 0:
+            layer.kernel.assign(layer.kernel / rms)
     return len(convs)
 
 

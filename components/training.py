@@ -60,6 +60,7 @@ from components.training_data import (
     load_inputs,
 )
 from components.training_loop import (
+    INFER_BATCH,
     PhaseContext,
     PreciseBatchNorm,
     RunState,
@@ -313,8 +314,9 @@ def _scratch(
     def make() -> keras.Model:
         model = _build(ctx.cfg, plan)
         backbones.set_trainable(model, "all")
-        if redrawn := backbones.he_initialise(model, tc.seed):
-            log.info("%s: no BatchNorm: %d kernels drawn He-normal", ctx.name, redrawn)
+        sample = np.asarray(data.x[np.sort(train_rows[:INFER_BATCH])], dtype=np.float32)
+        if redrawn := backbones.scratch_initialise(model, sample, tc.seed):
+            log.info("%s: no BatchNorm: %d kernels redrawn to unit variance", ctx.name, redrawn)
         return model
 
     def recalibrate(model: keras.Model) -> Callable[[], object]:
