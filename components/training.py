@@ -441,7 +441,7 @@ def train_backbone(
 
     Args:
         name: backbone name (one of config.BACKBONES).
-        cfg: the parsed params.yaml.
+        cfg: the parsed params.yaml; training.overrides for `name` apply.
         out_dir: folder for the outputs and the checkpoint (created).
         tracking: the MLflow store (tracking.resolve_store), or None to log nothing.
         parent_run_id: the study's parent run.
@@ -460,6 +460,7 @@ def train_backbone(
     import keras
 
     started = time.perf_counter()
+    cfg = cfg.model_copy(update={"training": cfg.training.for_backbone(name)})
     plan = _plan(name, cfg)
     out_dir = Path(out_dir)
     done = _finished(out_dir, plan.inputs_hash)

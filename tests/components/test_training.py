@@ -200,6 +200,18 @@ def test_command_line_trains_falling_back_to_scratch_then_skips(project, tmp_pat
     assert training._plan("MobileNet", changed).inputs_hash != first["inputs_hash"]
 
 
+def test_a_backbone_override_applies_to_that_backbone_and_its_inputs_hash(project, tmp_path):
+    other = _cfg(project, overrides={"VGG16": {"epochs": 5}})
+    mine = _cfg(project, overrides={"MobileNet": {"epochs": 2, "scratch_learning_rate": 5e-4}})
+    base = training._plan("MobileNet", _cfg(project)).inputs_hash
+    assert training._plan("MobileNet", other).inputs_hash == base
+
+    result = training.train_backbone("MobileNet", mine, tmp_path / "out")
+    assert result.epochs_run == 2 and result.inputs_hash != base
+    history = pd.read_csv(tmp_path / "out" / training.HISTORY_FILE)
+    assert history["learning_rate"].tolist() == [5e-4, 5e-4]
+
+
 def test_required_pretrained_weights_that_cannot_be_had_stop_the_run(project, tmp_path):
     cfg = _cfg(project, weights="imagenet", require_pretrained=True, weights_dir=str(tmp_path))
     with pytest.raises(WeightsUnavailable, match="not found"):
