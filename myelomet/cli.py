@@ -93,6 +93,13 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     return evaluate_main(cfg.root / Path(args.params).name)
 
 
+def _study(args: argparse.Namespace, cfg: Config) -> int:
+    _prefect_defaults()
+    from flows.study import main as study_main
+
+    return study_main(cfg.root / Path(args.params).name)
+
+
 def _leakage(args: argparse.Namespace, cfg: Config) -> int:
     from components.leakage import run_leakage
 
@@ -166,6 +173,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="metrics with CIs, register and promote, study report")
     p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser(
+        "study",
+        help="the whole pipeline, one Prefect task per dvc.yaml stage (what prefect.yaml deploys)",
+    )
+    p.set_defaults(run=_study)
 
     p = sub.add_parser("predict", help="p_mm of every CT slice of DICOM files or folders (JSON)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders")
