@@ -25,6 +25,7 @@ from components.config import BACKBONES
 
 STATE_DIR = ".myelomet/study"
 TAIL_LINES = 30
+PROGRESS_SECONDS = "10"
 TABLE2_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "f1", "kappa", "auc")
 # `dvc exp run -S` overrides of each preset; "demo" is params.yaml as it stands.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -65,17 +66,18 @@ def stage_order(root: Path) -> list[str]:
     Args:
         root: the project root (a DVC repository).
     """
-    import networkx as nx
     from dvc.repo import Repo
     from dvc.stage import PipelineStage
 
     with Repo(str(root)) as repo:
         stages = [s for s in repo.index.stages if isinstance(s, PipelineStage)]
-        names = {s: _address(s.dvcfile.path, s.name, Path(repo.root_dir)) for s in stages}
-        position = {name: f"{i:06d}" for i, name in enumerate(names.values())}
-        graph = repo.index.graph.reverse().subgraph(stages)
-        ordered = nx.lexicographical_topological_sort(graph, key=lambda s: position[names[s]])
-        return [names[s] for s in ordered]
+        graph = repo.index.graph  # an edge goes from a stage to a stage it needs
+        needs = {s: set(graph.successors(s)) & set(stages) for s in stages}
+        ordered: list[PipelineStage] = []
+        while len(ordered) < len(stages):
+            ready = next(s for s in stages if s not in ordered and needs[s] <= set(ordered))
+            ordered.append(ready)
+        return [_address(s.dvcfile.path, s.name, Path(repo.root_dir)) for s in ordered]
 
 
 def _address(dvcfile: str, name: str, root: Path) -> str:
@@ -86,9 +88,11 @@ def _address(dvcfile: str, name: str, root: Path) -> str:
 
 def stage_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of a stage: this one, this interpreter's scripts first on PATH (the
-    stages call `myelomet`), plus `extra`."""
+    stages call `myelomet`), progress bars at most every PROGRESS_SECONDS (each update is a
+    log line), plus `extra`."""
     scripts = str(Path(sys.executable).parent)
     return {
+        "TQDM_MININTERVAL": PROGRESS_SECONDS,
         **os.environ,
         "PATH": f"{scripts}{os.pathsep}{os.environ.get('PATH', '')}",
         **(extra or {}),
@@ -202,30 +206,52 @@ def experiment_args(name: str, overrides: Mapping[str, Any]) -> list[str]:
     return cmd
 
 
-def snapshot_workspace(root: Path) -> dict[str, bytes | None]:
-    """The files `dvc exp run` rewrites (params.yaml, dvc.lock), as they are now."""
-    return {
+@dataclass(frozen=True)
+class WorkspaceSnapshot:
+    """The files `dvc exp run` rewrites (params.yaml, dvc.lock) as they were, and whether
+    git had changes of them staged (an interrupted experiment leaves its own staged)."""
+
+    files: dict[str, bytes | None]
+    staged: bool
+
+
+def _staged(root: Path) -> bool:
+    done = subprocess.run(
+        ["git", "diff", "--cached", "--quiet", "--", *WORKSPACE_FILES],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    return done.returncode != 0
+
+
+def snapshot_workspace(root: Path) -> WorkspaceSnapshot:
+    """The workspace files an experiment rewrites, as they are now."""
+    files = {
         name: (root / name).read_bytes() if (root / name).is_file() else None
         for name in WORKSPACE_FILES
     }
+    return WorkspaceSnapshot(files, _staged(root))
 
 
-def restore_workspace(
-    root: Path, snapshot: Mapping[str, bytes | None], log: Callable[[str], None]
-) -> bool:
-    """Put params.yaml and dvc.lock back as they were and check their outputs out of the
-    DVC cache, so that the next scheduled run starts from the configuration it had.
+def restore_workspace(root: Path, snapshot: WorkspaceSnapshot, log: Callable[[str], None]) -> bool:
+    """Put params.yaml and dvc.lock back as they were (in git's index too) and check their
+    outputs out of the DVC cache, so that the next scheduled run starts from the
+    configuration it had.
 
     Returns:
         True when the outputs match dvc.lock again; False when `dvc checkout` could not
         restore them all (the next `dvc repro` rebuilds what is missing).
     """
-    for name, content in snapshot.items():
+    for name, content in snapshot.files.items():
         path = root / name
         if content is None:
             path.unlink(missing_ok=True)
         else:
             path.write_bytes(content)
+    if not snapshot.staged and _staged(root):
+        subprocess.run(["git", "reset", "-q", "--", *WORKSPACE_FILES], cwd=root, check=False)
     # --force: the experiment's outputs are in the DVC cache and its ref, not lost
     cmd = [sys.executable, "-m", "dvc", "checkout", "--force"]
     returncode, _ = stream_command(cmd, root, log, root / STATE_DIR / "logs" / "checkout.log")

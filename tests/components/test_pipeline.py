@@ -14,9 +14,10 @@ import yaml
 from components import notify, pipeline
 
 
-def _dvc_project(root: Path, stages: dict) -> Path:
+def _dvc_project(root: Path, stages: dict, scm: bool = False) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, check=True)
+    init = [sys.executable, "-m", "dvc", "init", "-q", *([] if scm else ["--no-scm"])]
+    subprocess.run(init, cwd=root, check=True)
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     return root
 
@@ -88,17 +89,31 @@ def test_bad_experiment_parameters_are_refused(preset, backbones, epochs, messag
         pipeline.experiment_overrides(preset, backbones, epochs)
 
 
-def test_workspace_files_and_outputs_are_put_back_after_an_experiment(tmp_path):
-    root = _dvc_project(tmp_path, {"hello": _echo("hello.txt")})
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, check=True
+    )
+
+
+def test_workspace_files_index_and_outputs_are_put_back_after_an_experiment(tmp_path):
+    _git(tmp_path, "init", "-q")
+    root = _dvc_project(tmp_path, {"hello": _echo("hello.txt")}, scm=True)
     (root / "params.yaml").write_text("training: {epochs: 6}\n")
+    (root / ".gitignore").write_text(".myelomet/\n")  # as in the project
     pipeline.run_stage("hello", root, lambda line: None)
+    _git(root, "add", "-A")
+    _git(root, "commit", "-qm", "baseline")
     snapshot = pipeline.snapshot_workspace(root)
+    assert not snapshot.staged
     (root / "params.yaml").write_text("training: {epochs: 1}\n")
     (root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     (root / "hello.txt").write_text("the experiment's output")
+    _git(root, "add", "params.yaml")  # what an interrupted `dvc exp run` leaves
     assert pipeline.restore_workspace(root, snapshot, lambda line: None)
     assert pipeline.snapshot_workspace(root) == snapshot
     assert (root / "hello.txt").read_text().strip() == "hello.txt"
+    status = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True)
+    assert status.stdout == b""
 
 
 def _estimate(value: float) -> dict:
