@@ -636,6 +636,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from components.config import BACKBONES
+    from components.devices import pin_to_cpus
+
+    pin_to_cpus()
 
     parser = argparse.ArgumentParser(
         prog="python -m components.training", description="Train one backbone."

@@ -22,7 +22,7 @@ from prefect.futures import wait
 
 from components import tracking
 from components.config import Config, load_config
-from components.gpus import GpuPool, visible_gpus
+from components.devices import DevicePool, usable_cpus, visible_gpus
 from components.launcher import BackboneFailed, run_backbone_process
 from components.report import training_markdown, write_training_summary
 
@@ -42,11 +42,12 @@ def _retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     retry_condition_fn=_retry_unless_permanent,
 )
 def train_backbone(
-    backbone: str, params: str, out_dir: str, parent_run_id: str, gpus: GpuPool | None
+    backbone: str, params: str, out_dir: str, parent_run_id: str, devices: DevicePool | None
 ) -> dict:
-    """Train one backbone in a fresh process (pinned to a free GPU when a pool is given)."""
+    """Train one backbone in a fresh process (pinned to a free GPU, or to its share of the
+    CPU cores, when a pool is given)."""
     logger = get_run_logger()
-    with gpus.lease() if gpus is not None else nullcontext({}) as env:
+    with devices.lease() if devices is not None else nullcontext({}) as env:
         if env.get("CUDA_VISIBLE_DEVICES"):
             logger.info("%s on GPU %s", backbone, env["CUDA_VISIBLE_DEVICES"])
         return run_backbone_process(
@@ -100,7 +101,11 @@ def train(params: str = "params.yaml", backbones: list[str] | None = None) -> di
     names = list(backbones or cfg.training.backbones)
     parent_run_id = start_study(cfg, names)
     gpus = visible_gpus()
-    pool = GpuPool(gpus) if gpus and cfg.training.executor == "local" else None
+    pool = (
+        DevicePool.for_machine(gpus, parallelism(cfg, gpus), usable_cpus())
+        if cfg.training.executor == "local"
+        else None
+    )
     step = train_backbone.with_options(retries=cfg.training.retries)
     futures = {}
     with _ray_resources(cfg, gpus):
@@ -138,8 +143,12 @@ def task_runner(cfg: Config) -> Any:
         )
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    workers = cfg.training.max_parallel or max(1, len(visible_gpus()))
-    return ThreadPoolTaskRunner(max_workers=workers)
+    return ThreadPoolTaskRunner(max_workers=parallelism(cfg, visible_gpus()))
+
+
+def parallelism(cfg: Config, gpus: list[str]) -> int:
+    """How many backbones train at once: training.max_parallel, else one per GPU, else 1."""
+    return cfg.training.max_parallel or max(1, len(gpus))
 
 
 def main(params: str | Path = "params.yaml", backbones: list[str] | None = None) -> int:

@@ -62,7 +62,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # 10 patients per class: 6 train, 2 val and 2 test each; 2 slices per patient
     _write_tiny_project(root, patients_per_class=10, slices=2)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["training"].update(backbones=list(BACKBONES), retries=0)
+    params["training"].update(backbones=list(BACKBONES), retries=0, max_parallel=2)
     params["leakage"] = {"enabled": False}
     params["evaluation"] = {
         "n_bootstrap": 30,

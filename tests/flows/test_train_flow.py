@@ -30,7 +30,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("train-flow")
     _write_tiny_project(root, patients_per_class=5, slices=2)
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["training"]["retries"] = 1
+    params["training"].update(retries=1, max_parallel=2)
     params["evaluation"] = {"reports_out": "reports"}
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
