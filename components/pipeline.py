@@ -168,9 +168,21 @@ def run_stage(
 
 
 def experiment_overrides(
-    preset: str, backbones: Sequence[str] | None, epochs: int | None
+    preset: str,
+    backbones: Sequence[str] | None,
+    epochs: int | None,
+    per_backbone: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The params an on-demand run changes: the preset's, then backbones and epochs.
+
+    An epochs value (given or the preset's) applies to every backbone: it also replaces
+    the `epochs` of each entry of `training.overrides` that sets one.
+
+    Args:
+        preset: a key of PRESETS.
+        backbones: train only these; None or empty keeps params.yaml's.
+        epochs: training epochs; None keeps the preset's or params.yaml's.
+        per_backbone: params.yaml's `training.overrides`.
 
     Raises:
         ValueError: unknown preset or backbone, or epochs below 1.
@@ -187,6 +199,10 @@ def experiment_overrides(
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
         overrides["training.epochs"] = epochs
+    if "training.epochs" in overrides:
+        for name, values in (per_backbone or {}).items():
+            if "epochs" in values:
+                overrides[f"training.overrides.{name}.epochs"] = overrides["training.epochs"]
     return overrides
 
 

@@ -172,7 +172,8 @@ def train_on_demand(
 
     Args:
         backbones: train only these (default: training.backbones of params.yaml).
-        epochs: training epochs (default: the preset's, else params.yaml's).
+        epochs: training epochs of every backbone, per-backbone overrides included
+            (default: the preset's, else params.yaml's).
         preset: "demo" (params.yaml as it is) or "paper" (the paper's configuration).
         params: params.yaml of the project.
 
@@ -184,7 +185,7 @@ def train_on_demand(
         StageFailed: the experiment failed; the workspace files are back as they were.
     """
     cfg = load_config(params)
-    overrides = pipeline.experiment_overrides(preset, backbones, epochs)
+    overrides = pipeline.experiment_overrides(preset, backbones, epochs, cfg.training.overrides)
     before = _registry_now(cfg)
     name = f"{preset}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     run_experiment(name, cfg.root, overrides)

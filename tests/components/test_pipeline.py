@@ -76,6 +76,17 @@ def test_experiment_arguments_apply_the_preset_then_backbones_and_epochs():
     assert pipeline.experiment_overrides("demo", None, None) == {}
 
 
+def test_experiment_epochs_replace_per_backbone_epochs_and_keep_their_other_values():
+    per_backbone = {"VGG16": {"epochs": 12, "image_size": 32}, "Xception": {"dropout": 0.5}}
+    overrides = pipeline.experiment_overrides("demo", None, 2, per_backbone)
+    assert overrides == {"training.epochs": 2, "training.overrides.VGG16.epochs": 2}
+    paper = pipeline.experiment_overrides("paper", None, None, per_backbone)
+    assert paper["training.overrides.VGG16.epochs"] == 100
+    assert pipeline.experiment_overrides("demo", ["VGG16"], None, per_backbone) == {
+        "training.backbones": ["VGG16"]
+    }
+
+
 @pytest.mark.parametrize(
     ("preset", "backbones", "epochs", "message"),
     [

@@ -114,6 +114,7 @@ def _tiny_params() -> dict:
     params["training"].update(
         backbones=["MobileNet"], image_size=32, batch_size=8, epochs=1, weights="none", retries=0
     )
+    params["training"]["overrides"] = {"MobileNet": {"epochs": 1}}
     params["leakage"]["backbone"] = "MobileNet"
     params["evaluation"].update(n_bootstrap=10, gradcam_per_class=0, ensemble_top_k=0)
     return params
