@@ -15,7 +15,7 @@ import pandas as pd
 
 from components.config import Config
 from components.launcher import run_backbone_process
-from components.split import split_manifest
+from components.split import SPLIT_COLUMNS, split_manifest
 
 
 def run_leakage(cfg: Config, params: Path, on_line: Callable[[str], None]) -> dict | None:
@@ -27,8 +27,9 @@ def run_leakage(cfg: Config, params: Path, on_line: Callable[[str], None]) -> di
         on_line: called with each line the training process prints.
 
     Returns:
-        The training result, or None when `leakage.enabled` is false (the outputs are then
-        emptied so the report says "not run").
+        The training result, or None when `leakage.enabled` is false: the outputs (DVC's)
+        are then an empty models folder and a split with its header only, and the report
+        says "not run".
 
     Raises:
         FileNotFoundError: no manifest; run `myelomet ingest` first.
@@ -39,7 +40,8 @@ def run_leakage(cfg: Config, params: Path, on_line: Callable[[str], None]) -> di
     if not cfg.leakage.enabled:
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True, exist_ok=True)
-        split_out.unlink(missing_ok=True)
+        split_out.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(columns=SPLIT_COLUMNS).to_csv(split_out, index=False)
         return None
     manifest_path = cfg.path(cfg.ingest.out) / "manifest.csv"
     if not manifest_path.is_file():
