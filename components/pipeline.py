@@ -27,10 +27,14 @@ STATE_DIR = ".myelomet/study"
 TAIL_LINES = 30
 PROGRESS_SECONDS = "10"
 TABLE2_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "f1", "kappa", "auc")
+# A preset value that removes the key (`-S ~key`): the paper's configuration drops the
+# demo's per-backbone tuning, so every backbone gets the same settings.
+DROP = "~"
 # `dvc exp run -S` overrides of each preset; "demo" is params.yaml as it stands.
 PRESETS: dict[str, dict[str, Any]] = {
     "demo": {},
     "paper": {
+        "training.overrides": DROP,
         "training.image_size": None,
         "training.batch_size": 16,
         "training.epochs": 100,
@@ -176,7 +180,8 @@ def experiment_overrides(
     """The params an on-demand run changes: the preset's, then backbones and epochs.
 
     An epochs value (given or the preset's) applies to every backbone: it also replaces
-    the `epochs` of each entry of `training.overrides` that sets one.
+    the `epochs` of each entry of `training.overrides` that sets one, unless the preset
+    drops those entries altogether (the paper's does).
 
     Args:
         preset: a key of PRESETS.
@@ -199,7 +204,7 @@ def experiment_overrides(
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
         overrides["training.epochs"] = epochs
-    if "training.epochs" in overrides:
+    if "training.epochs" in overrides and overrides.get("training.overrides") != DROP:
         for name, values in (per_backbone or {}).items():
             if "epochs" in values:
                 overrides[f"training.overrides.{name}.epochs"] = overrides["training.epochs"]
@@ -218,7 +223,7 @@ def experiment_args(name: str, overrides: Mapping[str, Any]) -> list[str]:
     """`dvc exp run` of the whole pipeline as the experiment `name` with these params."""
     cmd = [sys.executable, "-m", "dvc", "exp", "run", "--name", name]
     for key, value in overrides.items():
-        cmd += ["--set-param", f"{key}={_param_value(value)}"]
+        cmd += ["--set-param", f"~{key}" if value == DROP else f"{key}={_param_value(value)}"]
     return cmd
 
 

@@ -73,6 +73,7 @@ def test_experiment_arguments_apply_the_preset_then_backbones_and_epochs():
     assert "training.image_size=null" in args
     assert "training.backbones=[MobileNet,VGG16]" in args
     assert "training.epochs=3" in args and "training.epochs=100" not in args
+    assert "~training.overrides" in args
     assert pipeline.experiment_overrides("demo", None, None) == {}
 
 
@@ -81,7 +82,8 @@ def test_experiment_epochs_replace_per_backbone_epochs_and_keep_their_other_valu
     overrides = pipeline.experiment_overrides("demo", None, 2, per_backbone)
     assert overrides == {"training.epochs": 2, "training.overrides.VGG16.epochs": 2}
     paper = pipeline.experiment_overrides("paper", None, None, per_backbone)
-    assert paper["training.overrides.VGG16.epochs"] == 100
+    assert paper["training.overrides"] == pipeline.DROP and paper["training.epochs"] == 100
+    assert not any(key.startswith("training.overrides.") for key in paper)
     assert pipeline.experiment_overrides("demo", ["VGG16"], None, per_backbone) == {
         "training.backbones": ["VGG16"]
     }
