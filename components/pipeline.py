@@ -40,6 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training.epochs": 100,
         "training.patience": 20,
         "training.finetune_epochs": 20,
+        "training.max_parallel": None,
         "input.crop": 1.0,
         "split.train": 0.72,
         "split.val": 0.20,
