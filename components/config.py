@@ -134,7 +134,7 @@ BACKBONES = (
 
 # The training params one backbone may set differently from the others.
 PER_BACKBONE = frozenset({
-    "image_size", "batch_size", "epochs", "learning_rate", "dropout", "patience",
+    "image_size", "batch_size", "epochs", "learning_rate", "dropout", "patience", "monitor",
     "finetune_epochs", "finetune_fraction", "finetune_learning_rate", "scratch_learning_rate",
 })  # fmt: skip
 
@@ -150,6 +150,7 @@ class TrainingConfig(_Frozen):
     dropout: float = Field(0.3, ge=0, lt=1)
     head_units: tuple[int, ...] = (512, 256)
     patience: int = Field(10, ge=1)
+    monitor: Literal["val_loss", "val_auc"] = "val_loss"  # selects the best epoch
     seed: int = 42
     finetune_epochs: int = Field(0, ge=0)
     finetune_fraction: float = Field(0.2, gt=0, le=1)
@@ -170,7 +171,7 @@ class TrainingConfig(_Frozen):
     models_out: str = "models"
     cache_dir: str = "data/features"
     # per backbone, values that differ from the ones above (e.g. VGG16: {epochs: 10})
-    overrides: dict[str, dict[str, int | float]] = Field(default_factory=dict)
+    overrides: dict[str, dict[str, int | float | str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_backbones(self) -> TrainingConfig:

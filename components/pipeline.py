@@ -41,6 +41,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "training.patience": 20,
         "training.finetune_epochs": 20,
         "training.max_parallel": None,
+        "training.monitor": "val_loss",
         "input.crop": 1.0,
         "split.train": 0.72,
         "split.val": 0.20,

@@ -90,7 +90,7 @@ ERROR_FILE = "error.json"
 CHECKPOINT_DIR = "checkpoint"
 
 # Part of every inputs hash: bump it when a change here changes what training produces.
-TRAINING_VERSION = 2
+TRAINING_VERSION = 3
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -163,7 +163,7 @@ def _weights(name: str, cfg: Config) -> WeightsSource:
 
 _HASHED_TRAINING = {
     "image_size", "batch_size", "epochs", "seed", "learning_rate", "dropout", "head_units",
-    "patience", "finetune_epochs", "finetune_fraction", "finetune_learning_rate",
+    "patience", "monitor", "finetune_epochs", "finetune_fraction", "finetune_learning_rate",
     "scratch_learning_rate", "augment_rotation_deg", "augment_intensity", "weights",
 }  # fmt: skip
 _RUNTIME_PARAMS = {"mixed_precision", "xla", "require_pretrained"}

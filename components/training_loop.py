@@ -232,7 +232,7 @@ class RunState:
     epoch: int = 0  # epochs finished, all phases
     phase_start: int = 0  # value of epoch when the current phase began
     phase_done: bool = False
-    best_loss: float = math.inf
+    best_score: float = math.inf  # of training.monitor, lower is better
     best_epoch: int = 0
     wait: int = 0
     last_file: str = ""  # checkpoint of the last finished epoch
@@ -321,6 +321,14 @@ def fit_epoch(steps: Steps, train: tf.data.Dataset, desc: str, positive: int) ->
     return {**fit, "loss": loss_sum / len(y), "train_images_per_s": len(y) / seconds}
 
 
+def _monitored(val: dict[str, float], monitor: str) -> float:
+    """The validation score that selects the best epoch, lower is better: the loss, or the
+    AUC negated (an AUC that cannot be computed never improves)."""
+    if monitor == "val_loss":
+        return val["loss"]
+    return -val["auc"] if math.isfinite(val["auc"]) else math.inf
+
+
 def train_phase(
     ctx: PhaseContext,
     phase: Phase,
@@ -332,10 +340,11 @@ def train_phase(
     val_y: np.ndarray,
     before_validation: Callable[[keras.Model], Callable[[], object]] | None = None,
 ) -> keras.Model | None:
-    """Train one phase: Adam, early stopping on validation loss (training.patience), the
-    best epoch's weights restored, a checkpoint every epoch, resumed from one when the state
-    says this phase was under way. `before_validation(model)` returns what to run after each
-    epoch's training and before its validation.
+    """Train one phase: Adam, early stopping on training.monitor (validation loss, or AUC)
+    after training.patience epochs without improvement, the best epoch's weights restored, a
+    checkpoint every epoch, resumed from one when the state says this phase was under way.
+    `before_validation(model)` returns what to run after each epoch's training and before
+    its validation.
 
     Returns:
         The model at its best epoch, or None when epoch_limit paused the run.
@@ -353,7 +362,7 @@ def train_phase(
         model = make_model()
         compile_model(model, learning_rate)
         state.phase, state.phase_start, state.phase_done = phase, state.epoch, False
-        state.best_loss, state.best_epoch, state.wait = math.inf, 0, 0
+        state.best_score, state.best_epoch, state.wait = math.inf, 0, 0
     callback = ctx.run.epoch_callback() if ctx.run is not None else None
     steps = Steps(model, ctx.runtime.xla)
     prepare = before_validation(model) if before_validation is not None else None
@@ -380,9 +389,10 @@ def train_phase(
             "bn_recalibration_s": prepare_s,
         }
         state.history.append(row)
-        improved = val["loss"] < state.best_loss
+        score = _monitored(val, ctx.cfg.training.monitor)
+        improved = score < state.best_score or state.best_epoch == 0
         if improved:
-            state.best_loss, state.best_epoch, state.wait = val["loss"], state.epoch, 0
+            state.best_score, state.best_epoch, state.wait = score, state.epoch, 0
         else:
             state.wait += 1
         stop_early = state.wait >= ctx.cfg.training.patience

@@ -212,6 +212,18 @@ def test_a_backbone_override_applies_to_that_backbone_and_its_inputs_hash(projec
     assert history["learning_rate"].tolist() == [5e-4, 5e-4]
 
 
+@pytest.mark.parametrize(
+    ("monitor", "better", "worse"),
+    [
+        ("val_loss", {"loss": 0.4, "auc": 0.6}, {"loss": 0.5, "auc": 0.9}),
+        ("val_auc", {"loss": 0.5, "auc": 0.9}, {"loss": 0.4, "auc": 0.6}),
+        ("val_auc", {"loss": 0.9, "auc": 0.5}, {"loss": 0.1, "auc": float("nan")}),
+    ],
+)
+def test_the_monitored_score_is_lower_for_the_better_epoch(monitor, better, worse):
+    assert training_loop._monitored(better, monitor) < training_loop._monitored(worse, monitor)
+
+
 def test_required_pretrained_weights_that_cannot_be_had_stop_the_run(project, tmp_path):
     cfg = _cfg(project, weights="imagenet", require_pretrained=True, weights_dir=str(tmp_path))
     with pytest.raises(WeightsUnavailable, match="not found"):
