@@ -101,11 +101,7 @@ def train(params: str = "params.yaml", backbones: list[str] | None = None) -> di
     names = list(backbones or cfg.training.backbones)
     parent_run_id = start_study(cfg, names)
     gpus = visible_gpus()
-    pool = (
-        DevicePool.for_machine(gpus, parallelism(cfg, gpus), usable_cpus())
-        if cfg.training.executor == "local"
-        else None
-    )
+    pool = _device_pool(cfg, gpus)
     step = train_backbone.with_options(retries=cfg.training.retries)
     futures = {}
     with _ray_resources(cfg, gpus):
@@ -121,6 +117,18 @@ def train(params: str = "params.yaml", backbones: list[str] | None = None) -> di
         else:
             failures[name] = str(state.result(raise_on_failure=False))
     return report_training(cfg, parent_run_id, results, failures)
+
+
+def _device_pool(cfg: Config, gpus: list[str]) -> DevicePool | None:
+    """GPUs or CPU cores to lend the processes this flow's threads start; None where another
+    task runner (Ray) places its tasks itself."""
+    from prefect.context import FlowRunContext
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    context = FlowRunContext.get()
+    if context is None or not isinstance(context.task_runner, ThreadPoolTaskRunner):
+        return None
+    return DevicePool.for_machine(gpus, parallelism(cfg, gpus), usable_cpus())
 
 
 def _ray_resources(cfg: Config, gpus: list[str]) -> Any:
