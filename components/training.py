@@ -61,6 +61,7 @@ from components.training_data import (
 )
 from components.training_loop import (
     INFER_BATCH,
+    Phase,
     PhaseContext,
     PreciseBatchNorm,
     RunState,
@@ -284,16 +285,8 @@ def _pretrained(
         log.info("%s: fine-tuning the top %d backbone layers", ctx.name, n)
         return model
 
-    augment = augmenter(tc.augment_rotation_deg, tc.augment_intensity, tc.seed)
-    tuned = train_phase(
-        ctx,
-        "finetune",
-        unfreeze,
-        tc.finetune_learning_rate,
-        tc.finetune_epochs,
-        batches(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment, tc.seed),
-        np.asarray(data.x[val_rows], dtype=np.float32),
-        data.y[val_rows],
+    tuned = _image_phase(
+        ctx, data, sample_w, "finetune", unfreeze, tc.finetune_learning_rate, tc.finetune_epochs
     )
     return tuned, data.x
 
@@ -308,8 +301,7 @@ def _scratch(
     from components import backbones
 
     tc = ctx.cfg.training
-    train_rows, val_rows = data.rows("train"), data.rows("val")
-    augment = augmenter(tc.augment_rotation_deg, tc.augment_intensity, tc.seed)
+    train_rows = data.rows("train")
 
     def make() -> keras.Model:
         model = _build(ctx.cfg, plan)
@@ -324,16 +316,36 @@ def _scratch(
         ctx.state.extra["bn_recalibrated_layers"] = len(precise.layers)
         return functools.partial(precise, data.x, train_rows)
 
+    return _image_phase(
+        ctx, data, sample_w, "scratch", make, tc.scratch_learning_rate, tc.epochs, recalibrate
+    )
+
+
+def _image_phase(
+    ctx: PhaseContext,
+    data: TrainingData,
+    sample_w: np.ndarray,
+    phase: Phase,
+    make_model: Callable[[], keras.Model],
+    learning_rate: float,
+    epochs: int,
+    before_validation: Callable[[keras.Model], Callable[[], object]] | None = None,
+) -> keras.Model | None:
+    """A phase on whole images (fine-tuning, from scratch): augmented training batches,
+    validated on the validation images; see `train_phase`."""
+    tc = ctx.cfg.training
+    train_rows, val_rows = data.rows("train"), data.rows("val")
+    augment = augmenter(tc.augment_rotation_deg, tc.augment_intensity, tc.seed)
     return train_phase(
         ctx,
-        "scratch",
-        make,
-        tc.scratch_learning_rate,
-        tc.epochs,
+        phase,
+        make_model,
+        learning_rate,
+        epochs,
         batches(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment, tc.seed),
         np.asarray(data.x[val_rows], dtype=np.float32),
         data.y[val_rows],
-        recalibrate,
+        before_validation,
     )
 
 

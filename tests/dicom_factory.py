@@ -181,6 +181,13 @@ def write_plain(path: Path, **kwargs: Any) -> Written:
     return _save(path, ds, _pixels_of(ds), enforce_file_format=True)
 
 
+def write_ct_files(folder: Path, n: int) -> list[Path]:
+    """n plain CT files of different content and intercept in one folder."""
+    return [
+        write_plain(folder / f"ct{i}.dcm", seed=i, intercept=-1024 + 300 * i).path for i in range(n)
+    ]
+
+
 def write_rle(path: Path, **kwargs: Any) -> Written:
     """RLE Lossless, encoded by pydicom."""
     ds = ct_dataset(**kwargs)

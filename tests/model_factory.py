@@ -35,6 +35,13 @@ def ct_like_slices(n: int = 16) -> list[np.ndarray]:
     return out
 
 
+def keras_probability(model: keras.Model, hu_slices: list[np.ndarray]) -> np.ndarray:
+    """The keras model's probability of POSITIVE on model_input of the HU slices: the
+    preprocessing of training, for comparison with what serving returns."""
+    x = np.stack([model_input(hu, WINDOWS, SIZE) for hu in hu_slices])
+    return model(x, training=False).numpy()[:, CLASSES.index(POSITIVE)]
+
+
 def tiny_model(seed: int = 1, backbone: str = BACKBONE) -> keras.Model:
     """An untrained classifier on `backbone` at SIZE px whose outputs vary with the slice."""
     keras.utils.set_random_seed(seed)

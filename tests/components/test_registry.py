@@ -11,18 +11,17 @@ from mlflow.tracking import MlflowClient
 from components import registry, tracking
 from components.backbones import load_model
 from components.config import Config, EvaluationConfig, TrackingConfig
-from components.dataset import model_input
 from components.dicom import read_ct
 from components.evaluation import evaluate
 from components.metrics import aggregate_patients, roc_auc, threshold_metrics
-from tests.dicom_factory import write_mr, write_multiframe, write_plain
+from tests.dicom_factory import write_ct_files, write_mr, write_multiframe
 from tests.model_factory import (
     BACKBONE,
     CLASSES,
     POSITIVE,
-    SIZE,
     WINDOWS,
     ct_like_slices,
+    keras_probability,
     tiny_model,
     write_models_dir,
 )
@@ -63,16 +62,11 @@ def pyfunc(logged):
 
 @pytest.fixture(scope="module")
 def ct_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dicom")
-    return [
-        write_plain(folder / f"ct{i}.dcm", seed=i, intercept=-1024 + 300 * i).path for i in range(3)
-    ]
+    return write_ct_files(tmp_path_factory.mktemp("dicom"), 3)
 
 
 def _keras_p(models_dir: Path, hu_slices) -> np.ndarray:
-    model = load_model(models_dir / BACKBONE / "model.keras")
-    x = np.stack([model_input(hu, WINDOWS, SIZE) for hu in hu_slices])
-    return model(x, training=False).numpy()[:, CLASSES.index(POSITIVE)]
+    return keras_probability(load_model(models_dir / BACKBONE / "model.keras"), hu_slices)
 
 
 def test_the_candidate_is_logged_as_a_pyfunc_in_a_child_run_of_the_study(store, study, logged):

@@ -8,13 +8,20 @@ from components import serving
 from components.dataset import model_input
 from components.dicom import read_ct
 from components.serving import MemberSpec, Predictor, ServingSpec
-from tests.dicom_factory import write_mr, write_multiframe, write_not_dicom, write_plain, write_rgb
+from tests.dicom_factory import (
+    write_ct_files,
+    write_mr,
+    write_multiframe,
+    write_not_dicom,
+    write_rgb,
+)
 from tests.model_factory import (
     BACKBONE,
     CLASSES,
     POSITIVE,
     SIZE,
     WINDOWS,
+    keras_probability,
     tiny_model,
     write_models_dir,
 )
@@ -45,16 +52,11 @@ def predictor(model_file):
 
 @pytest.fixture(scope="module")
 def ct_files(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dicom")
-    return [
-        write_plain(folder / f"ct{i}.dcm", seed=i, intercept=-1024 + 300 * i).path for i in range(4)
-    ]
+    return write_ct_files(tmp_path_factory.mktemp("dicom"), 4)
 
 
 def _keras_p(predictor: Predictor, hu_slices) -> np.ndarray:
-    """What the keras model gives on model_input of the HU: the preprocessing of training."""
-    x = np.stack([model_input(hu, WINDOWS, SIZE) for hu in hu_slices])
-    return predictor.models[0](x, training=False).numpy()[:, CLASSES.index(POSITIVE)]
+    return keras_probability(predictor.models[0], hu_slices)
 
 
 def test_paths_and_bytes_give_the_keras_probability_of_model_input(predictor, ct_files):
