@@ -92,6 +92,7 @@ class SplitConfig(_Frozen):
     val: float = Field(0.2, gt=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
     seed: int = 42
+    stratify: tuple[str, ...] = ()  # manifest columns stratified by besides the label
     out: str = "data/splits/split.csv"
 
     @model_validator(mode="after")

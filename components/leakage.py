@@ -47,7 +47,9 @@ def run_leakage(cfg: Config, params: Path, on_line: Callable[[str], None]) -> di
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: no manifest; run `myelomet ingest` first")
     manifest = pd.read_csv(manifest_path, dtype=str)
-    split = split_manifest(manifest, cfg.split.fractions(), cfg.split.seed, mode="image")
+    split = split_manifest(
+        manifest, cfg.split.fractions(), cfg.split.seed, "image", cfg.split.stratify
+    )
     split_out.parent.mkdir(parents=True, exist_ok=True)
     split.to_csv(split_out, index=False)
     backbone = cfg.leakage.backbone

@@ -1,13 +1,16 @@
 """Train/validation/test split of the manifest.
 
-`patient` mode keeps every slice of a patient in one split, stratified by label: what a
-study must do. `image` mode reproduces the paper's random split of slices, which puts the
-same patient in train and test; it exists only to measure that leakage.
+`patient` mode keeps every slice of a patient in one split, stratified by label and by the
+manifest columns of `split.stratify` (the scanner, say): what a study must do. Within a
+stratum assignment is random, so a chance imbalance of scanners between the classes of one
+split cannot become a shortcut that flips on the next. `image` mode reproduces the paper's
+random split of slices, which puts the same patient in train and test; it exists only to
+measure that leakage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,23 +40,71 @@ def _allocate(n: int, fractions: Mapping[str, float]) -> dict[str, int]:
     return counts
 
 
-def _assign(units: pd.DataFrame, fractions: Mapping[str, float], seed: int) -> pd.Series:
-    """Assign each unit (row) a split, stratified by its label."""
+def _deal(counts: Mapping[str, int]) -> list[str]:
+    """The splits of n ordered units, each prefix shared out as close to `counts` as whole
+    units allow (the split furthest behind its share takes the next unit); exactly `counts`
+    in all."""
+    n = sum(counts.values())
+    taken = dict.fromkeys(SPLITS, 0)
+    order = []
+    for i in range(1, n + 1):
+        s = max(SPLITS, key=lambda s: i * counts[s] / n - taken[s])
+        taken[s] += 1
+        order.append(s)
+    return order
+
+
+def _assign(
+    units: pd.DataFrame, fractions: Mapping[str, float], seed: int, stratify: Sequence[str]
+) -> pd.Series:
+    """Assign each unit (row) a split, stratified by its label and its `stratify` columns:
+    per label, units in random order within each stratum, strata one after another, dealt
+    so that every stratum is shared out in the fractions."""
     rng = np.random.default_rng(seed)
     assigned = pd.Series(index=units.index, dtype=object)
     for label in sorted(units["label"].unique()):
-        idx = units.index[units["label"] == label].to_numpy()
-        idx = idx[rng.permutation(len(idx))]
-        counts = _allocate(len(idx), fractions)
-        start = 0
-        for s in SPLITS:
-            assigned.loc[idx[start : start + counts[s]]] = s
-            start += counts[s]
+        group = units[units["label"] == label]
+        shuffled = group.iloc[rng.permutation(len(group))]
+        strata = shuffled[list(stratify)].astype(str).agg("|".join, axis=1) if stratify else None
+        if strata is not None:
+            shuffled = shuffled.iloc[np.argsort(strata.to_numpy(), kind="stable")]
+        assigned.loc[shuffled.index] = _deal(_allocate(len(shuffled), fractions))
     return assigned
 
 
+def _stratum_values(frame: pd.DataFrame, manifest: pd.DataFrame, stratify: Sequence[str]) -> None:
+    """Copy the `stratify` columns of the manifest into frame (missing values as "missing").
+
+    Raises:
+        SplitError: a column is not in the manifest.
+    """
+    absent = [c for c in stratify if c not in manifest.columns]
+    if absent:
+        raise SplitError(
+            f"split.stratify names {absent}, which the manifest lacks; choose from "
+            f"{sorted(set(manifest.columns) - set(SPLIT_COLUMNS))} or set split.stratify: []"
+        )
+    for c in stratify:
+        frame[c] = manifest[c].fillna("missing").astype(str).to_numpy()
+
+
+def _per_patient(frame: pd.DataFrame, stratify: Sequence[str]) -> pd.DataFrame:
+    """One row per patient: its label and, for each `stratify` column, its most frequent
+    value over its slices (ties to the first in sort order)."""
+    patients = frame.drop_duplicates("patient").set_index("patient")[["label"]]
+    for c in stratify:
+        counts = frame.groupby(["patient", c]).size().reset_index(name="n")
+        counts = counts.sort_values(["patient", "n", c], ascending=[True, False, True])
+        patients[c] = counts.drop_duplicates("patient").set_index("patient")[c]
+    return patients.sort_index()
+
+
 def split_manifest(
-    manifest: pd.DataFrame, fractions: Mapping[str, float], seed: int, mode: str = "patient"
+    manifest: pd.DataFrame,
+    fractions: Mapping[str, float],
+    seed: int,
+    mode: str = "patient",
+    stratify: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Assign every manifest row to train, val or test.
 
@@ -62,14 +113,17 @@ def split_manifest(
         fractions: share of train, val and test (of patients in patient mode, of slices in
             image mode), summing to 1.
         seed: makes the split reproducible.
-        mode: "patient" (stratified by label, no patient in two splits) or "image".
+        mode: "patient" (stratified, no patient in two splits) or "image".
+        stratify: manifest columns to stratify by besides the label (a patient counts
+            under its most frequent value; in image mode each slice under its own).
 
     Returns:
         The columns image_id, patient, label, split, sorted by image_id.
 
     Raises:
         SplitError: a patient carries two labels, a class has fewer patients than splits,
-            or (patient mode) a patient ended up in two splits.
+            a `stratify` column is missing, or (patient mode) a patient ended up in two
+            splits.
     """
     missing = [c for c in ("image_id", "patient", "label") if c not in manifest.columns]
     if missing:
@@ -81,13 +135,13 @@ def split_manifest(
     if mixed:
         raise SplitError(f"patients {mixed[:5]} carry more than one label; fix the raw layout")
 
-    frame = (
-        manifest[["image_id", "patient", "label"]].sort_values("image_id").reset_index(drop=True)
-    )
+    manifest = manifest.sort_values("image_id").reset_index(drop=True)
+    frame = manifest[["image_id", "patient", "label"]].copy()
+    _stratum_values(frame, manifest, stratify)
     if mode == "image":
-        frame["split"] = _assign(frame, fractions, seed)
+        frame["split"] = _assign(frame, fractions, seed, stratify)
     else:
-        patients = frame.drop_duplicates("patient")[["patient", "label"]].sort_values("patient")
+        patients = _per_patient(frame, stratify)
         small = patients["label"].value_counts()
         small = small[small < len(SPLITS)]
         if not small.empty:
@@ -95,9 +149,7 @@ def split_manifest(
                 f"classes {small.to_dict()} have fewer than {len(SPLITS)} patients; "
                 "a patient-level split needs at least one patient per class in each split"
             )
-        patients = patients.set_index("patient")
-        by_patient = _assign(patients.reset_index(drop=True), fractions, seed)
-        by_patient.index = patients.index
+        by_patient = _assign(patients, fractions, seed, stratify)
         frame["split"] = frame["patient"].map(by_patient)
         check_patient_disjoint(frame)
     return frame[SPLIT_COLUMNS]

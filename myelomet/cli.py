@@ -54,11 +54,13 @@ def _split(args: argparse.Namespace, cfg: Config) -> int:
         raise FileNotFoundError(f"{manifest_path}: no manifest; run `myelomet ingest` first")
     manifest = pd.read_csv(manifest_path)
     mode = args.mode or cfg.split.mode
-    split = split_manifest(manifest, cfg.split.fractions(), cfg.split.seed, mode)
+    stratify = cfg.split.stratify
+    split = split_manifest(manifest, cfg.split.fractions(), cfg.split.seed, mode, stratify)
     out = cfg.path(cfg.split.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     split.to_csv(out, index=False)
-    table = split.groupby(["split", "label"]).agg(
+    table = split.merge(manifest[["image_id", *stratify]], on="image_id")
+    table = table.groupby(["split", "label", *stratify]).agg(
         patients=("patient", "nunique"), slices=("image_id", "size")
     )
     print(f"{mode}-level split written to {out}\n{table.to_string()}")
