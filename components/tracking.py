@@ -105,13 +105,15 @@ def connect(store: Store) -> str:
 
 
 def git_commit(root: Path) -> str | None:
-    """The commit checked out at root, with "-dirty" when files differ; None outside git."""
+    """The commit checked out at root, with "-dirty" when tracked files differ; None outside
+    git. `dvc.lock` does not count: `dvc repro` rewrites it as each stage finishes, so a
+    clean checkout would read as dirty from the second stage on."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":!dvc.lock"],
             cwd=root,
             capture_output=True,
             text=True,

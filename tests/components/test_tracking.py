@@ -1,3 +1,4 @@
+import subprocess
 from pathlib import Path
 
 import keras
@@ -41,6 +42,25 @@ def test_flatten_nested_params():
 
 def test_git_commit_outside_a_repository_is_none(tmp_path):
     assert tracking.git_commit(tmp_path) is None
+
+
+def test_git_commit_is_dirty_for_code_but_not_for_dvc_lock(tmp_path):
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")
+    (tmp_path / "train.py").write_text("EPOCHS = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "first")
+    head = git("rev-parse", "HEAD")
+    assert tracking.git_commit(tmp_path) == head
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # what dvc repro does
+    assert tracking.git_commit(tmp_path) == head
+    (tmp_path / "train.py").write_text("EPOCHS = 2\n")
+    assert tracking.git_commit(tmp_path) == f"{head}-dirty"
 
 
 def test_study_with_a_backbone_child_run(store, tmp_path):
