@@ -65,9 +65,9 @@ def _assign(
     for label in sorted(units["label"].unique()):
         group = units[units["label"] == label]
         shuffled = group.iloc[rng.permutation(len(group))]
-        strata = shuffled[list(stratify)].astype(str).agg("|".join, axis=1) if stratify else None
-        if strata is not None:
-            shuffled = shuffled.iloc[np.argsort(strata.to_numpy(), kind="stable")]
+        if stratify:
+            strata = shuffled[list(stratify)].astype(str).agg("|".join, axis=1).to_numpy()
+            shuffled = shuffled.iloc[np.argsort(strata, kind="stable")]
         assigned.loc[shuffled.index] = _deal(_allocate(len(shuffled), fractions))
     return assigned
 
