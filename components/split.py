@@ -72,11 +72,12 @@ def _assign(
     return assigned
 
 
-def _stratum_values(frame: pd.DataFrame, manifest: pd.DataFrame, stratify: Sequence[str]) -> None:
-    """Copy the `stratify` columns of the manifest into frame (missing values as "missing").
+def _frame(manifest: pd.DataFrame, stratify: Sequence[str]) -> pd.DataFrame:
+    """The manifest's image_id, patient and label, and its `stratify` columns as strings
+    (missing values as "missing"), sorted by image_id.
 
     Raises:
-        SplitError: a column is not in the manifest.
+        SplitError: a `stratify` column is not in the manifest.
     """
     absent = [c for c in stratify if c not in manifest.columns]
     if absent:
@@ -84,8 +85,11 @@ def _stratum_values(frame: pd.DataFrame, manifest: pd.DataFrame, stratify: Seque
             f"split.stratify names {absent}, which the manifest lacks; choose from "
             f"{sorted(set(manifest.columns) - set(SPLIT_COLUMNS))} or set split.stratify: []"
         )
+    frame = manifest[["image_id", "patient", "label", *stratify]].sort_values("image_id")
+    frame = frame.reset_index(drop=True)
     for c in stratify:
-        frame[c] = manifest[c].fillna("missing").astype(str).to_numpy()
+        frame[c] = frame[c].fillna("missing").astype(str)
+    return frame
 
 
 def _per_patient(frame: pd.DataFrame, stratify: Sequence[str]) -> pd.DataFrame:
@@ -135,9 +139,7 @@ def split_manifest(
     if mixed:
         raise SplitError(f"patients {mixed[:5]} carry more than one label; fix the raw layout")
 
-    manifest = manifest.sort_values("image_id").reset_index(drop=True)
-    frame = manifest[["image_id", "patient", "label"]].copy()
-    _stratum_values(frame, manifest, stratify)
+    frame = _frame(manifest, stratify)
     if mode == "image":
         frame["split"] = _assign(frame, fractions, seed, stratify)
     else:

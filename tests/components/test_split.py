@@ -4,8 +4,8 @@ import pytest
 
 from components.split import (
     SplitError,
+    _frame,
     _per_patient,
-    _stratum_values,
     check_patient_disjoint,
     split_manifest,
 )
@@ -122,9 +122,7 @@ def test_a_patient_counts_under_the_scanner_of_most_of_its_slices():
     manifest.loc[rows[:1], "manufacturer"] = None  # a slice without the tag, outvoted
     solo = manifest.loc[rows[:1]].assign(patient="pt-solo", image_id="im-solo")
     manifest = pd.concat([manifest, solo], ignore_index=True)  # its only slice lacks the tag
-    frame = manifest[["image_id", "patient", "label"]].copy()
-    _stratum_values(frame, manifest, ["manufacturer"])
-    patients = _per_patient(frame, ["manufacturer"])
+    patients = _per_patient(_frame(manifest, ["manufacturer"]), ["manufacturer"])
     assert patients.loc[first, "manufacturer"] == "GE"
     assert patients.loc["pt-solo", "manufacturer"] == "missing"
     assert len(patients) == manifest["patient"].nunique()
