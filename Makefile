@@ -1,24 +1,45 @@
 # Set-up and the two everyday jobs. `make demo` and `make test` each install what they need.
+# Everything is written inside the checkout: the virtual environment, the package caches and
+# the tools' homes; nothing goes into the system's or the user's Python.
 VENV ?= .venv
-BIN := $(VENV)/bin
+PYTHON ?= python3
 EXTRAS ?= dev,ray
+BIN := $(abspath $(VENV))/bin
+CACHE := $(CURDIR)/.cache
+
+# The venv's tools come first, whether or not it is activated; stages call `myelomet`.
+export PATH := $(BIN):$(PATH)
+unexport VIRTUAL_ENV PYTHONPATH PYTHONHOME CONDA_PREFIX
+export UV_CACHE_DIR ?= $(CACHE)/uv
+export PIP_CACHE_DIR ?= $(CACHE)/pip
+export XDG_CACHE_HOME ?= $(CACHE)
+export XDG_CONFIG_HOME ?= $(CACHE)/config
+export XDG_DATA_HOME ?= $(CACHE)/share
+export MPLCONFIGDIR ?= $(CACHE)/matplotlib
+export KERAS_HOME ?= $(CACHE)/keras
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export DVC_SITE_CACHE_DIR ?= $(CACHE)/dvc
 
 .PHONY: install demo test lint
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
-	python3 -m pip install -q --disable-pip-version-check uv
-	python3 -m uv venv -q --allow-existing --python python3 $(VENV)
-	python3 -m uv pip install -q --native-tls --python $(BIN)/python -e '.[$(EXTRAS)]'
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+	  { echo "myelomet needs Python >= 3.11 as '$(PYTHON)' (set PYTHON=/path/to/python3.11)"; exit 1; }
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+	  { echo "'$(PYTHON) -m venv' is missing: install it (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv
+	$(BIN)/uv pip install -q --native-tls --python $(BIN)/python -e '.[$(EXTRAS)]'
 	touch $@
 
 demo: install
-	. $(BIN)/activate && dvc repro
+	dvc repro
 
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	ruff check .
+	ruff format --check .
 
 test: lint
-	$(BIN)/pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+	pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
