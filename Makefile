@@ -3,7 +3,7 @@
 # the tools' homes; nothing goes into the system's or the user's Python.
 VENV ?= .venv
 PYTHON ?= python3
-EXTRAS ?= dev,ray
+EXTRAS ?= dev,ray,jax
 BIN := $(abspath $(VENV))/bin
 CACHE := $(CURDIR)/.cache
 

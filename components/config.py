@@ -171,11 +171,17 @@ class TrainingConfig(_Frozen):
     retries: int = Field(1, ge=0)
     models_out: str = "models"
     cache_dir: str = "data/features"
+    # compiled programs (JAX, TensorFlow XLA) that later processes reuse; null = none
+    compile_cache: str | None = ".cache/compile"
+    # training processes sharing one GPU: "auto" = from the card's memory, or a number
+    processes_per_gpu: Literal["auto"] | int = "auto"
     # per backbone, values that differ from the ones above (e.g. VGG16: {epochs: 10})
     overrides: dict[str, dict[str, int | float | str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known_backbones(self) -> TrainingConfig:
+        if self.processes_per_gpu != "auto" and self.processes_per_gpu < 1:
+            raise ValueError("training.processes_per_gpu must be auto or at least 1")
         unknown = sorted(set(self.backbones) - set(BACKBONES))
         if unknown:
             raise ValueError(f"training.backbones has unknown names {unknown}; known: {BACKBONES}")

@@ -82,8 +82,6 @@ _SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
 
 _PINNED = (
     "mlflow",
-    "tensorflow",
-    "keras",
     "numpy",
     "pandas",
     "pillow",
@@ -225,8 +223,11 @@ def signature(probability_key: str) -> ModelSignature:
 
 
 def pip_requirements() -> list[str]:
-    """The served model's requirements, pinned to the versions installed here."""
-    pins = []
+    """The served model's requirements, pinned to the versions installed here: the active
+    Keras backend's framework and Keras, then the rest."""
+    from components.runtime import framework_requirements
+
+    pins = framework_requirements()
     for dist in _PINNED:
         try:
             pins.append(f"{dist}=={metadata.version(dist)}")

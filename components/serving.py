@@ -16,7 +16,7 @@ import base64
 import binascii
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from components.config import Window
 from components.dataset import model_input
 from components.dicom import DicomRejected, RejectReason, read_ct
 from components.training import probability_column
+from components.training_loop import predict
 
 if TYPE_CHECKING:
     import keras
@@ -191,17 +192,12 @@ class Predictor:
         self.models = tuple(models)
         self.max_item_bytes = max_item_bytes
         self._positive = spec.classes.index(spec.positive_class)
-        # One trace per member, reused by every call (Model.predict would rebuild a pipeline).
-        self._steps = [
-            _inference(model, m.image_size)
-            for m, model in zip(spec.members, self.models, strict=True)
-        ]
 
     @classmethod
     def load(
         cls, spec: ServingSpec, model_files: Sequence[Path], max_item_bytes: int = MAX_ITEM_BYTES
     ) -> Predictor:
-        """Load each member's `model.keras` and trace its inference once.
+        """Load each member's `model.keras` and compile its inference once.
 
         Args:
             spec: the serving spec.
@@ -218,7 +214,7 @@ class Predictor:
         return predictor
 
     def warm_up(self) -> None:
-        """Trace every member now, so that the first request is not the slow one."""
+        """Compile every member's inference now, so that the first request is not slow."""
         self.predict_hu([np.zeros((8, 8), dtype=np.int16)])
 
     def predict_hu(self, hu_slices: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -232,7 +228,7 @@ class Predictor:
         """
         slices = list(hu_slices)
         total = np.zeros(len(slices), dtype=np.float64)
-        for member, step in zip(self.spec.members, self._steps, strict=True):
+        for member, model in zip(self.spec.members, self.models, strict=True):
             for start in range(0, len(slices), PREDICT_BATCH):
                 chunk = slices[start : start + PREDICT_BATCH]
                 x = np.stack(
@@ -241,7 +237,7 @@ class Predictor:
                         for hu in chunk
                     ]
                 )
-                total[start : start + len(chunk)] += step(x).numpy()[:, self._positive]
+                total[start : start + len(chunk)] += predict(model, x)[:, self._positive]
         return total / len(self.models)
 
     def predict_sources(
@@ -369,11 +365,3 @@ def _base64_hint(item: Path | bytes | DicomRejected, exc: DicomRejected) -> str:
         "; these bytes are a base64-encoded DICOM file: decode them first (MLflow's scoring "
         "server decodes base64 in dataframe_split and dataframe_records requests, not in inputs)"
     )
-
-
-def _inference(model: keras.Model, size: int) -> Callable[[np.ndarray], Any]:
-    """The model in inference mode, traced once for any batch size."""
-    import tensorflow as tf
-
-    spec = tf.TensorSpec((None, size, size, 3), tf.float32)
-    return tf.function(lambda x: model(x, training=False), input_signature=[spec])

@@ -248,15 +248,15 @@ class BackboneRun:
         Returns:
             The logged model's URI.
         """
-        import keras
-        import tensorflow as tf
         from mlflow.models import infer_signature
+
+        from components.runtime import framework_requirements
 
         info = mlflow.keras.log_model(
             model,
             name=name,
             signature=infer_signature(inputs, outputs),
-            pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}"],
+            pip_requirements=framework_requirements(),
         )
         return info.model_uri
 

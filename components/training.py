@@ -18,12 +18,12 @@ Every epoch writes a checkpoint (model with optimizer state, and a JSON state) t
 the same inputs is skipped.
 
 This module plans the run (weights, inputs hash), builds the model, runs the phases and
-writes the outputs. The inputs, class weights and tf.data batches are in
-`components.training_data`; the loop of one phase (a plain loop over tf.data rather than
-`Model.fit`, checkpoints, resume), the TensorFlow runtime and `PreciseBatchNorm` in
-`components.training_loop`.
+writes the outputs. The inputs, class weights and numpy batches are in
+`components.training_data`; the loop of one phase (`train_on_batch`, checkpoints, resume)
+and `PreciseBatchNorm` in `components.training_loop`; the backend's runtime (KERAS_BACKEND:
+tensorflow, jax or torch) in `components.runtime`.
 
-Run one backbone in its own process (TensorFlow does not give memory back):
+Run one backbone in its own process (a framework rarely gives GPU memory back):
 `python -m components.training --backbone NAME [--params params.yaml] [--out DIR]
 [--parent-run-id ID]`; see `main` for outputs and exit codes.
 """
@@ -47,11 +47,12 @@ import numpy as np
 import pandas as pd
 
 from components.config import Config, load_config
+from components.runtime import Runtime, configure_runtime
 from components.training_data import (
+    Augment,
+    Batches,
     InputDataError,
     TrainingData,
-    augmenter,
-    batches,
     class_weights,
     data_paths,
     data_version,
@@ -65,8 +66,6 @@ from components.training_loop import (
     PhaseContext,
     PreciseBatchNorm,
     RunState,
-    Runtime,
-    configure_runtime,
     predict,
     scores,
     train_phase,
@@ -91,7 +90,7 @@ ERROR_FILE = "error.json"
 CHECKPOINT_DIR = "checkpoint"
 
 # Part of every inputs hash: bump it when a change here changes what training produces.
-TRAINING_VERSION = 3
+TRAINING_VERSION = 4
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -167,7 +166,7 @@ _HASHED_TRAINING = {
     "patience", "monitor", "finetune_epochs", "finetune_fraction", "finetune_learning_rate",
     "scratch_learning_rate", "augment_rotation_deg", "augment_intensity", "weights",
 }  # fmt: skip
-_RUNTIME_PARAMS = {"mixed_precision", "xla", "require_pretrained"}
+_RUNTIME_PARAMS = {"mixed_precision", "xla", "require_pretrained", "compile_cache"}
 
 
 @dataclass(frozen=True)
@@ -187,7 +186,8 @@ def _plan(name: str, cfg: Config) -> _Plan:
 
     tc = cfg.training
     size = get_backbone(name).input_size(tc.image_size)
-    runtime = configure_runtime(tc.mixed_precision, tc.xla)
+    cache = cfg.path(tc.compile_cache) if tc.compile_cache else None
+    runtime = configure_runtime(tc.mixed_precision, tc.xla, cache)
     version = data_version(*data_paths(cfg))
     source = _weights(name, cfg)
     inputs_hash = hash_json(
@@ -198,6 +198,7 @@ def _plan(name: str, cfg: Config) -> _Plan:
             "data": version,
             "weights": source.sha256 or "random",
             "precision": runtime.precision,
+            "backend": runtime.backend,
             "training": tc.model_dump(include=_HASHED_TRAINING),
             "input": input_key(cfg),
             "classes": cfg.classes,
@@ -270,7 +271,7 @@ def _pretrained(
             ),
             tc.learning_rate,
             tc.epochs,
-            batches(features, data.y, sample_w, train_rows, tc.batch_size, True, seed=tc.seed),
+            Batches(features, data.y, sample_w, train_rows, tc.batch_size, True, seed=tc.seed),
             features[val_rows],
             data.y[val_rows],
         )
@@ -312,7 +313,7 @@ def _scratch(
         return model
 
     def recalibrate(model: keras.Model) -> Callable[[], object]:
-        precise = PreciseBatchNorm(model)
+        precise = PreciseBatchNorm(model, ctx.runtime.xla)
         ctx.state.extra["bn_recalibrated_layers"] = len(precise.layers)
         return functools.partial(precise, data.x, train_rows)
 
@@ -335,14 +336,14 @@ def _image_phase(
     validated on the validation images; see `train_phase`."""
     tc = ctx.cfg.training
     train_rows, val_rows = data.rows("train"), data.rows("val")
-    augment = augmenter(tc.augment_rotation_deg, tc.augment_intensity, tc.seed)
+    augment = Augment(tc.augment_rotation_deg, tc.augment_intensity)
     return train_phase(
         ctx,
         phase,
         make_model,
         learning_rate,
         epochs,
-        batches(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment, tc.seed),
+        Batches(data.x, data.y, sample_w, train_rows, tc.batch_size, True, augment, tc.seed),
         np.asarray(data.x[val_rows], dtype=np.float32),
         data.y[val_rows],
         before_validation,
@@ -423,6 +424,7 @@ def _start_logging(run: BackboneRun, cfg: Config, plan: _Plan, data: TrainingDat
             "git_commit": git_commit(cfg.root) or "none",
             "precision": plan.runtime.precision,
             "xla": plan.runtime.xla,
+            "keras_backend": plan.runtime.backend,
         }
     )
     run.log_params(
@@ -498,7 +500,9 @@ def train_backbone(
         if run is not None:
             state.run_id = run.run_id
             _start_logging(run, cfg, plan, data)
-        ctx = PhaseContext(name, cfg, plan.runtime, ckpt, state, run, epoch_limit)
+        tc = cfg.training
+        total = tc.epochs + (tc.finetune_epochs if plan.source.kind == "imagenet" else 0)
+        ctx = PhaseContext(name, cfg, plan.runtime, ckpt, state, run, epoch_limit, total)
         t = time.perf_counter()
         if plan.source.kind == "imagenet":
             model, predict_inputs = _pretrained(ctx, data, sample_w, plan)
@@ -595,6 +599,7 @@ def _write_outputs(
         "n_test": len(data.rows("test")),
         "precision": plan.runtime.precision,
         "xla": plan.runtime.xla,
+        "keras_backend": plan.runtime.backend,
         # the phase's first epoch includes tracing; the median of the others is the rate
         "train_images_per_s": float(
             last_phase.iloc[1:].median() if len(last_phase) > 1 else last_phase.median()

@@ -1,5 +1,5 @@
 """The data one backbone trains on: every slice of the split as model input at one size
-(cached on disk under training.cache_dir, memory-mapped), class weights, and tf.data batches
+(cached on disk under training.cache_dir, memory-mapped), class weights, and numpy batches
 of (x, y, sample weight), optionally augmented.
 
 Also the hashes that key caches and runs: `data_version` (manifest and split contents),
@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +21,6 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
-    import tensorflow as tf
-
     from components.config import Config
 
 
@@ -145,74 +144,89 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return weights.astype(np.float32)
 
 
-# --------------------------------------------------------------------------- tf.data
+# --------------------------------------------------------------------------- batches
 
 
-def batches(
-    x: np.ndarray,
-    y: np.ndarray,
-    w: np.ndarray,
-    rows: np.ndarray,
-    batch: int,
-    shuffle: bool,
-    augment: Callable[..., Any] | None = None,
-    seed: int = 0,
-) -> tf.data.Dataset:
-    """Batches of (x, y, sample weight) gathered from arrays (memory-mapped ones included),
-    shuffled with `seed` when `shuffle`."""
-    import tensorflow as tf
-
-    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        idx = np.sort(idx)
-        return np.asarray(x[idx], dtype=np.float32), y[idx], w[idx]
-
-    ds = tf.data.Dataset.from_tensor_slices(rows.astype(np.int64))
-    if shuffle:
-        ds = ds.shuffle(len(rows), seed=seed, reshuffle_each_iteration=True)
-    # whole batches only when there are some: a batch of 1-2 images upsets BatchNorm
-    ds = ds.batch(batch, drop_remainder=shuffle and len(rows) > batch)
-    shape = (None, *x.shape[1:])
-
-    @tf.autograph.experimental.do_not_convert
-    def load(idx: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        xb, yb, wb = tf.numpy_function(gather, [idx], (tf.float32, tf.int32, tf.float32))
-        xb.set_shape(shape)
-        yb.set_shape((None,))
-        wb.set_shape((None,))
-        return xb, yb, wb
-
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if augment is not None:
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def augmenter(rotation_deg: float, intensity: float, seed: int) -> Callable[..., Any]:
+@dataclass(frozen=True)
+class Augment:
     """Random left-right flip, rotation within ±rotation_deg, gain and offset within
-    ±intensity (of the 0..255 range), on batches of (x, y, w).
+    ±intensity (of the 0..255 range), in numpy, so that every backend trains on the same
+    images. Only left-right flips: an axial slice flipped front to back is not anatomy."""
 
-    Only left-right flips: an axial slice flipped front to back is not anatomy.
+    rotation_deg: float
+    intensity: float
+
+    def __call__(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        from scipy import ndimage
+
+        n = len(x)
+        flip = rng.random(n) < 0.5
+        x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+        if self.rotation_deg > 0:
+            angles = rng.uniform(-self.rotation_deg, self.rotation_deg, n)
+            x = np.stack(
+                [
+                    ndimage.rotate(
+                        image, angle, axes=(1, 0), reshape=False, order=1, mode="nearest"
+                    )
+                    for image, angle in zip(x, angles, strict=True)
+                ]
+            )
+        if self.intensity > 0:
+            gain = rng.uniform(1.0 - self.intensity, 1.0 + self.intensity, (n, 1, 1, 1))
+            offset = rng.uniform(-self.intensity, self.intensity, (n, 1, 1, 1)) * 255.0
+            x = np.clip(x * gain + offset, 0.0, 255.0)
+        return x.astype(np.float32)
+
+
+class Batches:
+    """Batches of (x, y, sample weight) gathered from arrays (memory-mapped ones included),
+    as numpy arrays any Keras backend takes.
+
+    Each epoch's order and augmentation are drawn from (seed, epoch, batch), so an epoch is
+    the same whether or not the run was interrupted before it. The next batch is prepared
+    in a background thread while the current one trains. Training batches are whole when
+    there are enough rows (a batch of 1-2 images upsets BatchNorm, and every new batch
+    shape is another compilation under XLA).
     """
-    import keras
-    import tensorflow as tf
 
-    flip = keras.layers.RandomFlip("horizontal", seed=seed)
-    rotate = (
-        keras.layers.RandomRotation(rotation_deg / 360.0, fill_mode="nearest", seed=seed)
-        if rotation_deg > 0
-        else None
-    )
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        w: np.ndarray,
+        rows: np.ndarray,
+        batch: int,
+        shuffle: bool,
+        augment: Augment | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.x, self.y, self.w = x, y, w
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.batch, self.shuffle, self.augment, self.seed = batch, shuffle, augment, seed
+        self.drop_remainder = shuffle and len(self.rows) > batch
 
-    @tf.autograph.experimental.do_not_convert
-    def augment(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        x = flip(x, training=True)
-        if rotate is not None:
-            x = rotate(x, training=True)
-        if intensity > 0:
-            n = tf.shape(x)[0]
-            gain = tf.random.uniform((n, 1, 1, 1), 1.0 - intensity, 1.0 + intensity)
-            offset = tf.random.uniform((n, 1, 1, 1), -intensity, intensity) * 255.0
-            x = tf.clip_by_value(x * gain + offset, 0.0, 255.0)
-        return x, y, w
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.rows), self.batch)
+        return full if self.drop_remainder or rest == 0 else full + 1
 
-    return augment
+    def _batch(self, order: np.ndarray, epoch: int, i: int) -> tuple[np.ndarray, ...]:
+        idx = np.sort(order[i * self.batch : (i + 1) * self.batch])
+        xb = np.asarray(self.x[idx], dtype=np.float32)
+        if self.augment is not None:
+            xb = self.augment(xb, np.random.default_rng([self.seed, epoch, i]))
+        return xb, self.y[idx], self.w[idx]
+
+    def epoch(self, index: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The batches of epoch `index` (0-based)."""
+        order = self.rows
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, index]).permutation(self.rows)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._batch, order, index, 0) if len(self) else None
+            for i in range(len(self)):
+                assert pending is not None
+                current = pending.result()
+                if i + 1 < len(self):
+                    pending = pool.submit(self._batch, order, index, i + 1)
+                yield current

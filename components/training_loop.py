@@ -1,17 +1,18 @@
-"""The training loop of one phase, and the TensorFlow runtime it runs on.
+"""The training loop of one phase, on any Keras backend.
 
-`train_phase` trains one model with Adam and early stopping on validation loss, writes a
+`train_phase` trains one model with Adam and early stopping on training.monitor, writes a
 checkpoint every epoch (model with optimizer state, and the JSON `RunState`) and resumes
-from one. It is a plain loop over tf.data (`fit_epoch`, the traced `Steps`) rather than
-`Model.fit`: `fit` traces each training step twice, which on a CPU costs up to a minute per
-backbone. Also here: `configure_runtime` (GPUs, precision, XLA), `scores`, batched
-inference (`predict`) and `PreciseBatchNorm`, which recomputes BatchNorm statistics for
+from one. Each epoch is a loop of `Model.train_on_batch` over numpy batches: Keras compiles
+the step once per backend (a tf.function, XLA on GPUs; a jax.jit), builds the optimizer and
+metrics before it, and it measured faster than `Model.fit` on a CPU
+(bench/bench_train_throughput.py). Also here: `scores`, batched inference at one fixed
+batch shape (`predict`) and `PreciseBatchNorm`, which recomputes BatchNorm statistics for
 runs from scratch.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import logging
 import math
@@ -26,70 +27,20 @@ import numpy as np
 
 if TYPE_CHECKING:
     import keras
-    import tensorflow as tf
 
     from components.config import Config
+    from components.runtime import Runtime
     from components.tracking import BackboneRun
+    from components.training_data import Batches
 
 log = logging.getLogger(__name__)
 
 # Batch for inference passes (features, validation, predictions, BatchNorm statistics).
 INFER_BATCH = 64
+# The line a training process prints after each epoch, for the scheduler's progress view.
+PROGRESS_PREFIX = "myelomet-progress "
 
 Phase = Literal["head", "finetune", "scratch"]
-
-
-# --------------------------------------------------------------------------- runtime
-
-
-@dataclass(frozen=True)
-class Runtime:
-    """How TensorFlow runs here: GPUs, compute precision, XLA."""
-
-    gpus: int
-    precision: Literal["float32", "float16", "bfloat16"]
-    xla: bool
-
-
-def configure_runtime(
-    mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto",
-    xla: Literal["auto", "on", "off"] = "auto",
-) -> Runtime:
-    """Set GPU memory growth, CPU threads, the Keras dtype policy; decide on XLA.
-
-    "auto" turns mixed float16 and XLA on with a GPU and off without one. Without a GPU,
-    TensorFlow uses every CPU this process may run on (one op at a time) and skips Grappler.
-    Thread and memory settings only take effect before TensorFlow's first operation.
-    """
-    import keras
-    import tensorflow as tf
-
-    gpus = tf.config.list_physical_devices("GPU")
-    with contextlib.suppress(RuntimeError):
-        for gpu in gpus:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        if not gpus:
-            cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-            tf.config.threading.set_intra_op_parallelism_threads(cpus or 0)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-    if not gpus:
-        # Grappler's graph rewrites cost 2-10 s per traced function on a CPU (DenseNet169's
-        # first training step: 15 s with them, 5 s without) and measured no faster steps.
-        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    if mixed_precision == "auto":
-        precision = "float16" if gpus else "float32"
-    elif mixed_precision == "off":
-        precision = "float32"
-    else:
-        precision = mixed_precision
-    keras.mixed_precision.set_dtype_policy(
-        "float32" if precision == "float32" else f"mixed_{precision}"
-    )
-    use_xla = bool(gpus) if xla == "auto" else xla == "on"
-    return Runtime(len(gpus), precision, use_xla)
-
-
-# --------------------------------------------------------------------------- the loop
 
 
 def scores(y: np.ndarray, probs: np.ndarray, positive: int) -> dict[str, float]:
@@ -110,68 +61,25 @@ def scores(y: np.ndarray, probs: np.ndarray, positive: int) -> dict[str, float]:
     }
 
 
-class Steps:
-    """The traced training and inference steps of one model and optimizer (one trace each).
-
-    Every tf.function here has autograph off: nothing in them branches on tensors, and
-    autograph re-reads source files, so editing the code under a running job breaks it.
-    """
-
-    def __init__(self, model: keras.Model, xla: bool) -> None:
-        import keras
-        import tensorflow as tf
-
-        self.model = model
-        optimizer = model.optimizer
-        if not optimizer.built:  # a loaded checkpoint's optimizer is built with its state
-            optimizer.build(model.trainable_variables)
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        label = tf.TensorSpec((None,), tf.int32)
-
-        @tf.function(
-            input_signature=[spec, label, tf.TensorSpec((None,), tf.float32)],
-            jit_compile=xla,
-            autograph=False,
-        )
-        def train_step(x: tf.Tensor, y: tf.Tensor, w: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            with tf.GradientTape() as tape:
-                probs = model(x, training=True)
-                ce = keras.losses.sparse_categorical_crossentropy(y, probs)
-                loss = tf.reduce_mean(ce * w)
-                if model.losses:
-                    loss += tf.add_n([tf.cast(v, loss.dtype) for v in model.losses])
-                scaled = optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, model.trainable_variables)
-            optimizer.apply(grads, model.trainable_variables)
-            return loss, probs
-
-        @tf.function(input_signature=[spec], jit_compile=xla, autograph=False)
-        def predict_step(x: tf.Tensor) -> tf.Tensor:
-            return model(x, training=False)
-
-        self.train_step = train_step
-        self.predict_step = predict_step
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Outputs for every row of x in inference mode, with the model's current weights."""
-        return _batched(self.predict_step, x)
-
-
-def _batched(step: Callable[[Any], Any], x: np.ndarray) -> np.ndarray:
-    out = [
-        step(np.asarray(x[i : i + INFER_BATCH], dtype=np.float32)).numpy()
-        for i in range(0, len(x), INFER_BATCH)
-    ]
-    return np.concatenate(out).astype(np.float32)
+def _padded_batches(x: np.ndarray) -> Any:
+    """x in batches of INFER_BATCH rows, the last one padded (one shape, one compilation);
+    yields each batch and how many of its rows are real."""
+    for start in range(0, len(x), INFER_BATCH):
+        chunk = np.asarray(x[start : start + INFER_BATCH], dtype=np.float32)
+        real = len(chunk)
+        if real < INFER_BATCH:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], INFER_BATCH - real, axis=0)])
+        yield chunk, real
 
 
 def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
-    """Outputs of a model in inference mode for every row of x, in batches, one trace."""
-    import tensorflow as tf
+    """Outputs of a model in inference mode for every row of x, in batches of one shape."""
+    from components.runtime import to_numpy
 
-    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-    step = tf.function(lambda t: model(t, training=False), input_signature=[spec], autograph=False)
-    return _batched(step, x)
+    if len(x) == 0:
+        return np.zeros((0, *model.output_shape[1:]), dtype=np.float32)
+    out = [to_numpy(model.predict_on_batch(chunk))[:real] for chunk, real in _padded_batches(x)]
+    return np.concatenate(out).astype(np.float32)
 
 
 class PreciseBatchNorm:
@@ -181,44 +89,51 @@ class PreciseBatchNorm:
 
     Runs from scratch need it: in a few hundred steps the moving averages (momentum 0.99,
     MobileNetV2 0.999) stay near their initial values and inference-mode outputs are
-    constant. The forward pass is traced once, so calling it every epoch is cheap.
+    constant. The training-mode forward pass is a compiled `stateless_call` with momentum
+    0, which returns each layer's batch statistics as its new moving statistics.
     """
 
-    def __init__(self, model: keras.Model) -> None:
-        import tensorflow as tf
-
+    def __init__(self, model: keras.Model, xla: bool = False) -> None:
         from components.backbones import batch_norm_layers
+        from components.runtime import compiled
 
+        self.model = model
         self.layers = [bn for bn in batch_norm_layers(model) if bn.trainable]
-        momenta = [bn.momentum for bn in self.layers]
-        for bn in self.layers:
-            bn.momentum = 0.0  # moving statistics := this batch's statistics
-        spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        forward = tf.function(
-            lambda t: model(t, training=True), input_signature=[spec], autograph=False
-        )
-        try:
-            self._forward = forward.get_concrete_function()
-        finally:
-            for bn, momentum in zip(self.layers, momenta, strict=True):
-                bn.momentum = momentum
+        where = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
+        self._slots = [
+            (where[id(bn.moving_mean)], where[id(bn.moving_variance)]) for bn in self.layers
+        ]
+
+        def forward(trainable: list[Any], non_trainable: list[Any], x: Any) -> list[Any]:
+            _, updated = model.stateless_call(trainable, non_trainable, x, training=True)
+            return [updated[i] for slot in self._slots for i in slot]
+
+        self._forward = compiled(forward, xla)
 
     def __call__(self, x: np.ndarray, rows: np.ndarray) -> int:
         """Recompute the statistics on x[rows]; returns the number of layers updated."""
+        from components.runtime import to_numpy
+
         if not self.layers or len(rows) == 0:
             return 0
-        sums = [
-            [np.zeros(bn.moving_mean.shape), np.zeros(bn.moving_mean.shape)] for bn in self.layers
-        ]
-        for i in range(0, len(rows), INFER_BATCH):
-            chunk = np.sort(rows[i : i + INFER_BATCH])
-            self._forward(np.asarray(x[chunk], dtype=np.float32))
-            for acc, bn in zip(sums, self.layers, strict=True):
-                acc[0] += len(chunk) * np.asarray(bn.moving_mean)
-                acc[1] += len(chunk) * np.asarray(bn.moving_variance)
-        for (mean, var), bn in zip(sums, self.layers, strict=True):
-            bn.moving_mean.assign(mean / len(rows))
-            bn.moving_variance.assign(var / len(rows))
+        momenta = [bn.momentum for bn in self.layers]
+        for bn in self.layers:
+            bn.momentum = 0.0  # moving statistics := this batch's statistics
+        try:
+            trainable = [v.value for v in self.model.trainable_variables]
+            non_trainable = [v.value for v in self.model.non_trainable_variables]
+            sums = [np.zeros(bn.moving_mean.shape, np.float64) for bn in self.layers for _ in "mv"]
+            for start in range(0, len(rows), INFER_BATCH):
+                chunk = np.sort(rows[start : start + INFER_BATCH])
+                stats = self._forward(trainable, non_trainable, np.asarray(x[chunk], np.float32))
+                for acc, value in zip(sums, stats, strict=True):
+                    acc += len(chunk) * to_numpy(value)
+        finally:
+            for bn, momentum in zip(self.layers, momenta, strict=True):
+                bn.momentum = momentum
+        for i, bn in enumerate(self.layers):
+            bn.moving_mean.assign(sums[2 * i] / len(rows))
+            bn.moving_variance.assign(sums[2 * i + 1] / len(rows))
         return len(self.layers)
 
 
@@ -266,6 +181,7 @@ class PhaseContext:
     state: RunState
     run: BackboneRun | None
     epoch_limit: int | None
+    total_epochs: int = 0  # planned, all phases (early stopping may end sooner)
     epochs_this_call: int = 0
     predict: Callable[[np.ndarray], np.ndarray] | None = None  # the last phase's model
 
@@ -278,13 +194,18 @@ class PhaseContext:
         return self.cfg.classes.index(self.cfg.positive_class)
 
 
-def compile_model(model: keras.Model, learning_rate: float) -> None:
+def compile_model(model: keras.Model, learning_rate: float, xla: bool, positive: int) -> None:
+    """Adam, class-weighted cross-entropy, accuracy and AUC; the step compiled with XLA when
+    `xla` (always on JAX, see runtime.configure_runtime)."""
     import keras
+
+    from components.backbones import PositiveClassAUC, UnweightedAccuracy
 
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="sparse_categorical_crossentropy",
-        jit_compile=False,  # the loop traces its own steps; compile only attaches the optimizer
+        metrics=[UnweightedAccuracy(), PositiveClassAUC(positive)],
+        jit_compile=xla,
     )
 
 
@@ -303,22 +224,39 @@ def _save_checkpoint(model: keras.Model, ctx: PhaseContext, best: bool) -> None:
             path.unlink()
 
 
-def fit_epoch(steps: Steps, train: tf.data.Dataset, desc: str, positive: int) -> dict[str, float]:
-    """One pass over the training batches; loss is class-weighted (what is minimised),
-    accuracy and AUC are of the training-mode predictions."""
+def fit_epoch(model: keras.Model, train: Batches, epoch: int, desc: str) -> dict[str, float]:
+    """One pass over the training batches of epoch `epoch` (0-based); loss is
+    class-weighted (what is minimised), accuracy and AUC are of the training-mode outputs."""
     from tqdm import tqdm
 
     start = time.perf_counter()
-    loss_sum, probs, labels = 0.0, [], []
-    for xb, yb, wb in tqdm(train, desc=desc, leave=False, disable=None):
-        loss, p = steps.train_step(xb, yb, wb)
-        loss_sum += float(loss) * len(yb)
-        probs.append(p.numpy())
-        labels.append(yb.numpy())
+    model.reset_metrics()
+    logs: dict[str, Any] = {}
+    images = 0
+    for xb, yb, wb in tqdm(
+        train.epoch(epoch), total=len(train), desc=desc, leave=False, disable=None
+    ):
+        logs = model.train_on_batch(xb, yb, sample_weight=wb, return_dict=True)
+        images += len(yb)
     seconds = time.perf_counter() - start
-    y = np.concatenate(labels)
-    fit = scores(y, np.concatenate(probs).astype(np.float32), positive)
-    return {**fit, "loss": loss_sum / len(y), "train_images_per_s": len(y) / seconds}
+    fit = {k: float(logs[k]) for k in ("loss", "accuracy", "auc")}
+    return {**fit, "train_images_per_s": images / seconds}
+
+
+def progress_line(ctx: PhaseContext, row: dict[str, Any]) -> str:
+    """The line printed after an epoch: what the scheduler shows of a running backbone."""
+    done = min(100.0, 100.0 * row["epoch"] / max(1, ctx.total_epochs))
+    return PROGRESS_PREFIX + json.dumps(
+        {
+            "backbone": ctx.name,
+            "phase": row["phase"],
+            "epoch": row["epoch"],
+            "total_epochs": ctx.total_epochs,
+            "percent": round(done, 1),
+            "val_auc": row["val_auc"],
+            "train_images_per_s": round(row["train_images_per_s"], 1),
+        }
+    )
 
 
 def _monitored(val: dict[str, float], monitor: str) -> float:
@@ -335,7 +273,7 @@ def train_phase(
     make_model: Callable[[], keras.Model],
     learning_rate: float,
     epochs: int,
-    train: tf.data.Dataset,
+    train: Batches,
     val_x: np.ndarray,
     val_y: np.ndarray,
     before_validation: Callable[[keras.Model], Callable[[], object]] | None = None,
@@ -360,22 +298,21 @@ def train_phase(
         state.resumed = True
     else:
         model = make_model()
-        compile_model(model, learning_rate)
+        compile_model(model, learning_rate, ctx.runtime.xla, ctx.positive)
         state.phase, state.phase_start, state.phase_done = phase, state.epoch, False
         state.best_score, state.best_epoch, state.wait = math.inf, 0, 0
     callback = ctx.run.epoch_callback() if ctx.run is not None else None
-    steps = Steps(model, ctx.runtime.xla)
     prepare = before_validation(model) if before_validation is not None else None
     while not state.phase_done:
         if ctx.paused:
             return None
         start = time.perf_counter()
-        fit = fit_epoch(steps, train, f"{ctx.name} {phase} {state.epoch + 1}", ctx.positive)
+        fit = fit_epoch(model, train, state.epoch, f"{ctx.name} {phase} {state.epoch + 1}")
         t = time.perf_counter()
         if prepare is not None:
             prepare()
         prepare_s = time.perf_counter() - t
-        val = scores(val_y, steps.predict(val_x), ctx.positive)
+        val = scores(val_y, predict(model, val_x), ctx.positive)
         state.epoch += 1
         ctx.epochs_this_call += 1
         row = {
@@ -401,6 +338,7 @@ def train_phase(
         if callback is not None:
             logs = {k: v for k, v in row.items() if k not in ("epoch", "phase")}
             callback.on_epoch_end(state.epoch - 1, logs)
+        print(progress_line(ctx, row), flush=True)
         log.info(
             "%s %s epoch %d/%d: loss %.4f acc %.3f auc %.3f | val loss %.4f acc %.3f auc %.3f"
             " | %.1f s, %.0f img/s%s",
@@ -409,5 +347,5 @@ def train_phase(
             row["seconds"], row["train_images_per_s"], " | early stop" if stop_early else "",
         )  # fmt: skip
     model.load_weights(ctx.ckpt / state.best_file)
-    ctx.predict = steps.predict
+    ctx.predict = functools.partial(predict, model)
     return model
