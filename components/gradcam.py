@@ -7,7 +7,8 @@ inner layers are not reachable from the outer model's input; `feature_model` reb
 outer graph around a copy of the backbone that also returns its feature map, reusing the
 trained layers (no weights are copied or changed).
 
-This is the one module of the report that imports TensorFlow.
+It runs on any Keras backend: the graph is cut at the feature map into a feature model and
+a head, and the head's gradient comes from `components.runtime.input_gradient`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
@@ -28,6 +29,7 @@ from PIL import Image
 
 from components.config import Window
 from components.dataset import apply_window, center_crop, model_input
+from components.runtime import input_gradient, to_numpy
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,32 @@ def _functional(model: keras.Model) -> keras.Model:
     return model
 
 
+def _cut(model: keras.Model) -> tuple[Any, Any, Any]:
+    """`model`'s graph with its last convolutional feature map as a tensor on the way from
+    input to output: (input, feature map, output), sharing the layers of `model`. A nested
+    model holding the map is called as its feature part, then its head."""
+    graph = _functional(model)
+    target = _last_feature_layer(graph)
+    if target is None:
+        raise ValueError(f"{model.name}: no convolutional feature map (4-D layer output) found")
+    if not isinstance(target, keras.Model):
+        return graph.inputs[0], target.output, graph.outputs[0]
+    inner_input, inner_features, inner_output = _cut(target)
+    features_of = keras.Model(inner_input, inner_features)
+    head_of = None if inner_output is inner_features else keras.Model(inner_features, inner_output)
+    captured = []
+
+    def call(layer: keras.layers.Layer, *args: object, **kwargs: object) -> object:
+        if layer is not target:
+            return layer(*args, **kwargs)
+        features = features_of(*args, **kwargs)
+        captured.append(features)
+        return features if head_of is None else head_of(features)
+
+    graph = keras.models.clone_model(graph, clone_function=lambda layer: layer, call_function=call)
+    return graph.inputs[0], captured[-1], graph.outputs[0]
+
+
 def feature_model(model: keras.Model) -> keras.Model:
     """A model from `model`'s input to [last convolutional feature map, `model`'s output].
 
@@ -78,39 +106,23 @@ def feature_model(model: keras.Model) -> keras.Model:
     Raises:
         ValueError: the model has no 4-D feature map.
     """
-    graph = _functional(model)
-    target = _last_feature_layer(graph)
-    if target is None:
-        raise ValueError(f"{model.name}: no convolutional feature map (4-D layer output) found")
-    if not isinstance(target, keras.Model):
-        return keras.Model(graph.inputs[0], [target.output, graph.outputs[0]])
-    inner = feature_model(target)
-    captured = []
-
-    def call(layer: keras.layers.Layer, *args: object, **kwargs: object) -> object:
-        if layer is not target:
-            return layer(*args, **kwargs)
-        features, output = inner(*args, **kwargs)
-        captured.append(features)
-        return output
-
-    clone = keras.models.clone_model(graph, clone_function=lambda layer: layer, call_function=call)
-    return keras.Model(clone.inputs[0], [captured[-1], clone.outputs[0]])
+    inputs, features, outputs = _cut(model)
+    return keras.Model(inputs, [features, outputs])
 
 
-def class_scores(outputs: np.ndarray | tf.Tensor) -> tf.Tensor:
+def class_scores(outputs: Any) -> Any:
     """One score column per class: softmax outputs as they are, a single sigmoid unit p
-    as the two columns [1 - p, p]."""
-    outputs = tf.cast(outputs, tf.float32)
+    as the two columns [1 - p, p] (backend tensors or numpy arrays)."""
+    outputs = keras.ops.cast(outputs, "float32")
     if outputs.shape[-1] == 1:
-        return tf.concat([1.0 - outputs, outputs], axis=-1)
+        return keras.ops.concatenate([1.0 - outputs, outputs], axis=-1)
     return outputs
 
 
 def gradcam(
     model: keras.Model, images: np.ndarray, target: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Grad-CAM heat maps of a batch of images.
+    """Grad-CAM heat maps of a batch of images, on any Keras backend.
 
     Args:
         model: the classifier (see `feature_model`).
@@ -127,22 +139,27 @@ def gradcam(
     """
     if images.ndim != 4:
         raise ValueError(f"images must be a batch (n, height, width, channels), got {images.shape}")
-    grad_model = feature_model(model)
-    batch = tf.convert_to_tensor(images, dtype=tf.float32)
-    with tf.GradientTape() as tape:
-        features, outputs = grad_model(batch, training=False)
-        features = tf.cast(features, tf.float32)
-        scores = class_scores(outputs)
-        chosen = tf.argmax(scores, axis=-1) if target is None else tf.fill([len(images)], target)
-        score = tf.gather(scores, chosen, axis=1, batch_dims=1)
-    grads = tape.gradient(score, features)
-    weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
-    peak = tf.reduce_max(cam, axis=(1, 2), keepdims=True)
-    cam = tf.math.divide_no_nan(cam, peak)
-    cam = tf.image.resize(cam[..., None], images.shape[1:3], method="bilinear")[..., 0]
-    heat = np.clip(np.nan_to_num(cam.numpy()), 0.0, 1.0).astype(np.float32)
-    return heat, scores.numpy()
+    inputs, features, outputs = _cut(model)
+    head = keras.Model(features, outputs)  # the part whose gradient Grad-CAM takes
+    features, outputs = keras.Model(inputs, [features, outputs])(
+        np.asarray(images, np.float32), training=False
+    )
+    features = to_numpy(keras.ops.cast(features, "float32"))
+    scores = to_numpy(class_scores(outputs))
+    chosen = scores.argmax(axis=-1) if target is None else np.full(len(images), target)
+    pick = keras.ops.convert_to_tensor(np.eye(scores.shape[1], dtype=np.float32)[chosen])
+
+    def chosen_score(feature_map: Any) -> Any:
+        # samples are independent in inference mode: d(sum)/d(map_i) = d(score_i)/d(map_i)
+        return keras.ops.sum(class_scores(head(feature_map, training=False)) * pick)
+
+    grads = input_gradient(chosen_score, features)
+    weights = grads.mean(axis=(1, 2), keepdims=True)
+    cam = np.maximum((weights * features).sum(axis=-1), 0.0)
+    peak = cam.max(axis=(1, 2), keepdims=True)
+    cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+    heat = np.stack([_resize(c, images.shape[1:3]) for c in cam])
+    return np.clip(np.nan_to_num(heat), 0.0, 1.0).astype(np.float32), scores
 
 
 def pick_examples(

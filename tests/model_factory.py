@@ -39,7 +39,7 @@ def keras_probability(model: keras.Model, hu_slices: list[np.ndarray]) -> np.nda
     """The keras model's probability of POSITIVE on model_input of the HU slices: the
     preprocessing of training, for comparison with what serving returns."""
     x = np.stack([model_input(hu, WINDOWS, SIZE) for hu in hu_slices])
-    return model(x, training=False).numpy()[:, CLASSES.index(POSITIVE)]
+    return keras.ops.convert_to_numpy(model(x, training=False))[:, CLASSES.index(POSITIVE)]
 
 
 def tiny_model(seed: int = 1, backbone: str = BACKBONE) -> keras.Model:
@@ -47,7 +47,9 @@ def tiny_model(seed: int = 1, backbone: str = BACKBONE) -> keras.Model:
     keras.utils.set_random_seed(seed)
     model = build_model(backbone, SIZE, "none", head_units=(8,), dropout=0.0)
     x = np.stack([model_input(hu, WINDOWS, SIZE) for hu in ct_like_slices()])
-    hidden = keras.Model(model.inputs, model.get_layer("head_dense1").output)(x).numpy()
+    hidden = keras.ops.convert_to_numpy(
+        keras.Model(model.inputs, model.get_layer("head_dense1").output)(x)
+    )
     direction = np.random.default_rng(seed).normal(size=hidden.shape[1])
     score = hidden @ direction
     direction /= score.std() + 1e-12

@@ -107,7 +107,7 @@ def test_gradcam_of_a_saved_and_loaded_study_model(models, batch, tmp_path):
 
 
 def test_class_scores_expand_a_sigmoid_unit():
-    scores = class_scores(np.array([[0.2], [0.9]], dtype=np.float32)).numpy()
+    scores = keras.ops.convert_to_numpy(class_scores(np.array([[0.2], [0.9]], dtype=np.float32)))
     np.testing.assert_allclose(scores, [[0.8, 0.2], [0.1, 0.9]], atol=1e-6)
 
 

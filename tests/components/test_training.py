@@ -105,8 +105,12 @@ def test_batch_norm_recalibration_sets_the_training_statistics():
     model = keras.Model(inputs, bn(inputs))
     x = np.random.default_rng(0).normal([5.0, -2.0, 0.0], [2.0, 0.5, 1.0], (256, 3))
     assert training_loop.PreciseBatchNorm(model)(x.astype(np.float32), np.arange(256)) == 1
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_mean), x.mean(axis=0), atol=1e-4)
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(bn.moving_variance), x.var(axis=0), rtol=0.05)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(bn.moving_mean), x.mean(axis=0), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(bn.moving_variance), x.var(axis=0), rtol=0.05
+    )
     assert bn.momentum == 0.999
 
 
