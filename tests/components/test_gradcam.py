@@ -24,6 +24,7 @@ from components.gradcam import (
 from components.report import save_png
 
 SIZE = 64
+pytestmark = pytest.mark.backends
 CLASSES = ("MM", "OMBT")
 WINDOWS = InputConfig().channel_windows()
 

@@ -27,6 +27,7 @@ from tests.model_factory import (
     write_models_dir,
 )
 
+pytestmark = pytest.mark.backends
 THRESHOLD = 0.4  # between the probabilities of the test files: both labels occur
 
 
