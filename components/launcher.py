@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from components.training import ERROR_FILE, EXIT_DATA, EXIT_USAGE, EXIT_WEIGHTS, RESULT_FILE
+from components.training_loop import PROGRESS_PREFIX
 
 # Exit codes of components.training that another try cannot fix.
 PERMANENT_EXIT_CODES = frozenset({EXIT_USAGE, EXIT_WEIGHTS, EXIT_DATA})
@@ -61,6 +62,7 @@ def run_backbone_process(
     env: Mapping[str, str],
     on_line: Callable[[str], None],
     extra_args: Sequence[str] = (),
+    on_progress: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run one backbone's training to the end in a child process.
 
@@ -70,8 +72,9 @@ def run_backbone_process(
         out_dir: the backbone's output folder.
         parent_run_id: the MLflow study run, or None.
         env: variables added to this process' environment (GPU pinning, say).
-        on_line: called with each line the process prints.
+        on_line: called with each line the process prints, but its progress lines.
         extra_args: more arguments for `python -m components.training` (e.g. --split).
+        on_progress: called with each epoch's progress (training_loop.progress_line).
 
     Returns:
         The training result (components.training.TrainResult as a dict).
@@ -95,6 +98,11 @@ def run_backbone_process(
         assert process.stdout is not None
         for line in process.stdout:
             line = line.rstrip()
+            if line.startswith(PROGRESS_PREFIX):
+                if on_progress is not None:
+                    with contextlib.suppress(json.JSONDecodeError):
+                        on_progress(json.loads(line.removeprefix(PROGRESS_PREFIX)))
+                continue
             tail.append(line)
             on_line(line)
     if process.returncode != 0:
@@ -118,3 +126,14 @@ def _printed_result(lines: Sequence[str]) -> dict | None:
                 if isinstance(value, dict) and "status" in value:
                     return value
     return None
+
+
+def describe_progress(progress: Mapping[str, object]) -> str:
+    """One line of what a backbone is doing, for a progress view."""
+    auc = progress.get("val_auc")
+    auc_text = f"{auc:.3f}" if isinstance(auc, float) and auc == auc else "n/a"
+    return (
+        f"{progress['backbone']}: {progress['phase']} epoch {progress['epoch']} of "
+        f"{progress['total_epochs']}, validation AUC {auc_text}, "
+        f"{progress['train_images_per_s']} img/s"
+    )

@@ -1,9 +1,11 @@
 """Prefect flow `train`: every backbone fine-tuned in a process of its own, in parallel.
 
 One MLflow parent run per study; each backbone's child run is opened by its own process.
-On GPUs each process is pinned to one GPU and as many run at once as there are GPUs; on a
-CPU they run one at a time unless training.max_parallel says otherwise. With
-training.executor: ray the same tasks go to a Ray cluster, one GPU each where GPUs exist.
+On GPUs each process is pinned to one GPU, or to a capped share of one when several fit on a
+card (training.processes_per_gpu), and the slowest backbones start first; on a CPU they run
+one at a time unless training.max_parallel says otherwise. With training.executor: ray the
+same tasks go to a Ray cluster, one GPU each where GPUs exist. Each backbone's task shows a
+progress artifact that its process updates after every epoch.
 """
 
 from __future__ import annotations
@@ -16,14 +18,24 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
 from components import tracking
-from components.config import Config, load_config
-from components.devices import DevicePool, usable_cpus, visible_gpus
-from components.launcher import BackboneFailed, run_backbone_process
+from components.config import Config, load_config, slowest_first
+from components.devices import (
+    DevicePool,
+    gpu_memory_mb,
+    processes_per_gpu,
+    usable_cpus,
+    visible_gpus,
+)
+from components.launcher import BackboneFailed, describe_progress, run_backbone_process
 from components.report import training_markdown, write_training_summary
 
 STUDY_FILE = "study.json"
@@ -44,15 +56,24 @@ def _retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
 def train_backbone(
     backbone: str, params: str, out_dir: str, parent_run_id: str, devices: DevicePool | None
 ) -> dict:
-    """Train one backbone in a fresh process (pinned to a free GPU, or to its share of the
-    CPU cores, when a pool is given)."""
+    """Train one backbone in a fresh process (pinned to a free GPU or a share of one, or to
+    its share of the CPU cores, when a pool is given), its progress shown as an artifact."""
     logger = get_run_logger()
+    progress = create_progress_artifact(
+        0.0, key=f"train-{backbone.lower()}", description=f"{backbone}: waiting for a device"
+    )
+
+    def show(epoch: dict) -> None:
+        update_progress_artifact(progress, epoch["percent"], description=describe_progress(epoch))
+
     with devices.lease() if devices is not None else nullcontext({}) as env:
         if env.get("CUDA_VISIBLE_DEVICES"):
             logger.info("%s on GPU %s", backbone, env["CUDA_VISIBLE_DEVICES"])
-        return run_backbone_process(
-            backbone, Path(params), Path(out_dir), parent_run_id, env, logger.info
+        result = run_backbone_process(
+            backbone, Path(params), Path(out_dir), parent_run_id, env, logger.info, on_progress=show
         )
+    update_progress_artifact(progress, 100.0, description=f"{backbone}: {result['status']}")
+    return result
 
 
 @task(name="start-study", cache_policy=NO_CACHE, persist_result=False)
@@ -99,9 +120,11 @@ def train(params: str = "params.yaml", backbones: list[str] | None = None) -> di
     """
     cfg = load_config(params)
     names = list(backbones or cfg.training.backbones)
-    parent_run_id = start_study(cfg, names)
     gpus = visible_gpus()
-    pool = _device_pool(cfg, gpus)
+    if gpus:  # on a CPU params.yaml's order stands (the demo's is tuned for two at a time)
+        names = slowest_first(names)
+    parent_run_id = start_study(cfg, names)
+    pool = _device_pool(cfg, gpus, len(names))
     step = train_backbone.with_options(retries=cfg.training.retries)
     futures = {}
     with _ray_resources(cfg, gpus):
@@ -119,16 +142,25 @@ def train(params: str = "params.yaml", backbones: list[str] | None = None) -> di
     return report_training(cfg, parent_run_id, results, failures)
 
 
-def _device_pool(cfg: Config, gpus: list[str]) -> DevicePool | None:
-    """GPUs or CPU cores to lend the processes this flow's threads start; None where another
-    task runner (Ray) places its tasks itself."""
+def _device_pool(cfg: Config, gpus: list[str], backbones: int) -> DevicePool | None:
+    """GPUs (or shares of them) or CPU cores to lend the processes this flow's threads
+    start; None where another task runner (Ray) places its tasks itself."""
     from prefect.context import FlowRunContext
     from prefect.task_runners import ThreadPoolTaskRunner
 
     context = FlowRunContext.get()
     if context is None or not isinstance(context.task_runner, ThreadPoolTaskRunner):
         return None
-    return DevicePool.for_machine(gpus, parallelism(cfg, gpus), usable_cpus())
+    memory = gpu_memory_mb() if gpus else {}
+    per_gpu = _per_gpu(cfg, gpus, memory, backbones)
+    return DevicePool.for_machine(
+        gpus, parallelism(cfg, gpus), usable_cpus(), per_gpu=per_gpu, memory_mb=memory
+    )
+
+
+def _per_gpu(cfg: Config, gpus: list[str], memory: dict[str, int], backbones: int) -> int:
+    smallest = min((memory[g] for g in gpus if g in memory), default=None)
+    return processes_per_gpu(cfg.training.processes_per_gpu, smallest, backbones)
 
 
 def _ray_resources(cfg: Config, gpus: list[str]) -> Any:
@@ -151,12 +183,18 @@ def task_runner(cfg: Config) -> Any:
         )
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    return ThreadPoolTaskRunner(max_workers=parallelism(cfg, visible_gpus()))
+    gpus = visible_gpus()
+    return ThreadPoolTaskRunner(max_workers=parallelism(cfg, gpus))
 
 
 def parallelism(cfg: Config, gpus: list[str]) -> int:
-    """How many backbones train at once: training.max_parallel, else one per GPU, else 1."""
-    return cfg.training.max_parallel or max(1, len(gpus))
+    """How many backbones train at once: training.max_parallel, else the processes the GPUs
+    take (training.processes_per_gpu each), else 1."""
+    if cfg.training.max_parallel:
+        return cfg.training.max_parallel
+    if not gpus:
+        return 1
+    return len(gpus) * _per_gpu(cfg, gpus, gpu_memory_mb(), len(cfg.training.backbones))
 
 
 def main(params: str | Path = "params.yaml", backbones: list[str] | None = None) -> int:

@@ -1,10 +1,18 @@
 import os
-import threading
 from contextlib import ExitStack
 
 import pytest
 
-from components.devices import CPUS_ENV, DevicePool, pin_to_cpus, usable_cpus, visible_gpus
+from components.config import slowest_first
+from components.devices import (
+    CPUS_ENV,
+    DevicePool,
+    pin_to_cpus,
+    processes_per_gpu,
+    usable_cpus,
+    visible_gpus,
+)
+from components.runtime import GPU_MEMORY_ENV
 
 
 def test_cuda_visible_devices_decides(monkeypatch):
@@ -20,29 +28,52 @@ def test_no_driver_means_no_gpu(monkeypatch):
     assert visible_gpus() == []
 
 
-def test_pool_never_lends_one_gpu_twice_at_once():
+def test_pool_lends_each_whole_gpu_once_and_then_waits():
     pool = DevicePool.for_machine(["0", "1"], parallel=4, cpus=[0, 1])
-    held: list[str] = []
-    peak = []
-    lock = threading.Lock()
+    assert pool.size == 2
+    with ExitStack() as stack:
+        slots = [stack.enter_context(pool.lease()) for _ in range(2)]
+        assert sorted(s["CUDA_VISIBLE_DEVICES"] for s in slots) == ["0", "1"]
+        assert all(s["TF_FORCE_GPU_ALLOW_GROWTH"] == "true" for s in slots)
+        assert pool.available == 0  # a third lease would wait
+    assert pool.available == 2
 
-    def work() -> None:
-        with pool.lease() as env:
-            assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
-            with lock:
-                assert env["CUDA_VISIBLE_DEVICES"] not in held
-                held.append(env["CUDA_VISIBLE_DEVICES"])
-                peak.append(len(held))
-            threading.Event().wait(0.02)
-            with lock:
-                held.remove(env["CUDA_VISIBLE_DEVICES"])
 
-    threads = [threading.Thread(target=work) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert max(peak) == 2
+def test_a_fake_inventory_of_two_cards_is_packed_with_capped_processes():
+    memory = {"0": 143_771, "1": 143_771}  # two H200s, as nvidia-smi reports them (MiB)
+    per_gpu = processes_per_gpu("auto", memory["0"], backbones=7)
+    assert per_gpu == 7  # 90% of 140 GiB holds 12 processes of 10 GiB; 7 backbones
+    pool = DevicePool.for_machine(["0", "1"], 1, [0], per_gpu=per_gpu, memory_mb=memory)
+    assert pool.size == 14
+    with ExitStack() as stack:
+        slots = [stack.enter_context(pool.lease()) for _ in range(pool.size)]
+    assert [s["CUDA_VISIBLE_DEVICES"] for s in slots[:4]] == ["0", "1", "0", "1"]  # spread
+    for gpu in ("0", "1"):
+        on_card = [s for s in slots if s["CUDA_VISIBLE_DEVICES"] == gpu]
+        assert len(on_card) == 7
+        assert sum(float(s["XLA_PYTHON_CLIENT_MEM_FRACTION"]) for s in on_card) < 1.0
+        assert sum(int(s[GPU_MEMORY_ENV]) for s in on_card) < memory[gpu]
+        assert all("TF_FORCE_GPU_ALLOW_GROWTH" not in s for s in on_card)
+
+
+@pytest.mark.parametrize(
+    ("setting", "memory_mb", "expected"),
+    [
+        ("auto", 16_384, 1),  # a 16 GB card holds one process
+        ("auto", 24_576, 2),
+        ("auto", 81_920, 7),  # 80 GB: capped by the number of backbones
+        ("auto", None, 1),  # memory unknown: one each, as before
+        (3, 16_384, 3),  # a number is taken as it is
+    ],
+)
+def test_processes_per_gpu_follow_the_card_memory(setting, memory_mb, expected):
+    assert processes_per_gpu(setting, memory_mb, backbones=7) == expected
+
+
+def test_the_slowest_backbones_start_first():
+    assert slowest_first(["VGG16", "MobileNet", "DenseNet169", "Xception"]) == [
+        "DenseNet169", "Xception", "MobileNet", "VGG16",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(

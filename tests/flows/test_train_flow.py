@@ -68,6 +68,10 @@ def test_all_seven_backbones_train_in_their_own_processes_under_one_parent(proje
     summary = json.loads((project / "reports" / "train.json").read_text())
     assert set(summary) == set(BACKBONES)
     assert "| VGG16 | trained |" in Artifact.get(ARTIFACT_KEY).data
+    for name in BACKBONES:  # each task's progress artifact, updated by its process
+        progress = Artifact.get(f"train-{name.lower()}")
+        assert progress.type == "progress" and float(progress.data) == 100.0
+        assert progress.description == f"{name}: trained"
 
 
 def test_a_failing_backbone_is_reported_and_the_others_finish(project):
