@@ -12,9 +12,9 @@ file name is written; the real paths of rejected files are only returned, for th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
-import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -162,19 +162,110 @@ def ingest(
         raise ValueError("ingest needs a non-empty de-identification key; see load_key()")
     labels = read_labels_csv(Path(labels_csv)) if labels_csv is not None else None
 
+    _check_apart(root, out)
     files = list_files(root, exclude=out)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = out / ".slices.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(out)
+    new = out.parent / f".{out.name}.partial-{os.getpid()}"
+    (new / "slices").mkdir(parents=True)
+    (new / MARKER).write_text(MARKER_TEXT)
     try:
-        run = _Run(root=root, classes=classes, key=key, labels=labels, staging=staging)
+        run = _Run(root=root, classes=classes, key=key, labels=labels, staging=new / "slices")
         for path in tqdm(files, desc="ingest", unit="file", disable=not progress):
             run.add(path)
         run.reject_conflicting_labels()
-        return _finish(run, out, staging, n_files=len(files), labels_csv=labels_csv)
+        return _finish(run, out, new, n_files=len(files), labels_csv=labels_csv)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if new.exists():
+            _remove_own_output(new)
+
+
+# Written into every output folder of ingest: what a later run may replace.
+MARKER = ".myelomet-ingest"
+MARKER_TEXT = "written by `myelomet ingest`; a later ingest into this folder replaces it\n"
+# What an output folder of ingest holds (older versions wrote no marker).
+_OWN_ENTRIES = frozenset({"manifest.csv", "rejects.csv", "slices", ".slices.partial", MARKER})
+
+
+class OutputFolderError(ValueError):
+    """The output folder cannot be written without risking data that ingest did not make."""
+
+
+def _check_apart(root: Path, out: Path) -> None:
+    real_root, real_out = root.resolve(), out.resolve()
+    if real_out == real_root or real_out.is_relative_to(real_root):
+        raise OutputFolderError(
+            f"{out}: the output folder lies inside the DICOM root {root}; ingest would read "
+            "its own outputs and replace folders there; choose an output folder outside it"
+        )
+    if real_root.is_relative_to(real_out):
+        raise OutputFolderError(
+            f"{out}: the output folder holds the DICOM root {root}; replacing it would delete "
+            "the DICOM files; choose an output folder outside the DICOM root"
+        )
+
+
+def _is_own_output(folder: Path) -> bool:
+    """True when every entry of `folder` is one ingest writes (or it has none)."""
+    return {p.name for p in folder.iterdir()} <= _OWN_ENTRIES
+
+
+def _remove_own_output(folder: Path) -> None:
+    """Delete what ingest wrote in `folder` (its CSVs, marker and `.npy` slices) and the
+    folder when nothing else is left; anything else in it stays where it is."""
+    for name in ("slices", ".slices.partial"):
+        sub = folder / name
+        if sub.is_dir() and not sub.is_symlink():
+            for item in sub.iterdir():
+                if item.suffix == ".npy" and item.is_file() and not item.is_symlink():
+                    item.unlink()
+            with contextlib.suppress(OSError):
+                sub.rmdir()
+    for name in ("manifest.csv", "rejects.csv", MARKER):
+        (folder / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def _remove_stale_partials(out: Path) -> None:
+    """Partial outputs of killed runs into `out` (they hold the marker; a run still alive,
+    writing at the same time, keeps its own)."""
+    for folder in out.parent.glob(f".{out.name}.partial-*"):
+        pid = folder.name.rpartition("-")[2]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        if folder.is_dir() and not folder.is_symlink() and (folder / MARKER).is_file():
+            _remove_own_output(folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the finished output `new` in place of `out`: the old one is moved aside, then
+    its own files are deleted. A folder ingest did not write is never replaced."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise OutputFolderError(f"{out}: not a folder; choose an output folder")
+    if not out.exists():
+        new.rename(out)
+        return
+    if not _is_own_output(out):
+        raise OutputFolderError(
+            f"{out}: the folder holds files that `myelomet ingest` did not write (e.g. "
+            f"{sorted(p.name for p in out.iterdir() if p.name not in _OWN_ENTRIES)[:3]}); "
+            "nothing was changed; choose an empty or new output folder"
+        )
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    out.rename(old)
+    new.rename(out)
+    _remove_own_output(old)
 
 
 def list_files(root: Path, exclude: Path | None = None) -> list[Path]:
@@ -470,15 +561,15 @@ def _few(values: Iterable[str], limit: int = 5) -> str:
 
 
 def _finish(
-    run: _Run, out: Path, staging: Path, n_files: int, labels_csv: Path | None
+    run: _Run, out: Path, new: Path, n_files: int, labels_csv: Path | None
 ) -> IngestSummary:
+    """Write the CSVs into the new output `new`, then swap it in place of `out`."""
     manifest_path = out / "manifest.csv"
     rejects_path = out / "rejects.csv"
-    slices_dir = out / "slices"
 
     rejects = [r for _, r in sorted(run.rejects, key=lambda pair: (pair[0], str(pair[1].reason)))]
     _write_csv(
-        rejects_path,
+        new / rejects_path.name,
         REJECT_COLUMNS,
         ({"source": r.source, "reason": str(r.reason), "detail": r.detail} for r in rejects),
     )
@@ -486,8 +577,8 @@ def _finish(
     rows = [row for item in run.accepted for row in item.rows]
     if not rows:
         # Leave no manifest or slices of an earlier run that would contradict rejects.csv.
-        manifest_path.unlink(missing_ok=True)
-        shutil.rmtree(slices_dir, ignore_errors=True)
+        (new / "slices").rmdir()
+        _swap_in(new, out)
         counts = Counter(str(r.reason) for r in rejects)
         found = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items())) or "none"
         if labels_csv is None:
@@ -505,9 +596,8 @@ def _finish(
         )
 
     rows.sort(key=lambda row: (row["patient"], row["image_id"]))
-    _write_csv(manifest_path, MANIFEST_COLUMNS, rows)
-    shutil.rmtree(slices_dir, ignore_errors=True)
-    staging.rename(slices_dir)
+    _write_csv(new / manifest_path.name, MANIFEST_COLUMNS, rows)
+    _swap_in(new, out)
 
     slices_per_label = dict.fromkeys(run.classes, 0)
     patients: dict[str, set[str]] = {c: set() for c in run.classes}

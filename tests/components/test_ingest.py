@@ -1,5 +1,4 @@
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -8,8 +7,10 @@ import pytest
 from components.dicom import FRAME_COLUMNS
 from components.ingest import (
     MANIFEST_COLUMNS,
+    MARKER,
     REJECT_COLUMNS,
     NoUsableDataError,
+    OutputFolderError,
     ingest,
 )
 from tests import dicom_factory as factory
@@ -303,12 +304,59 @@ def test_missing_root_is_a_clear_error(tmp_path):
         ingest(tmp_path / "nope", tmp_path / "out", CLASSES, KEY, progress=False)
 
 
-def test_output_inside_the_root_is_not_ingested(tmp_path):
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["patient slices folder", "class folder", "root", "above root"])
+def test_an_output_folder_overlapping_the_dicom_root_is_refused_and_nothing_is_lost(
+    tmp_path, where
+):
+    root = tmp_path / "raw"
+    factory.write_plain(root / "MM" / "p1" / "slices" / "a.dcm", seed=1)
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    before = _tree(tmp_path)
+    out = {
+        "patient slices folder": root / "MM" / "p1",  # its slices/ holds the raw DICOMs
+        "class folder": root / "MM",
+        "root": root,
+        "above root": tmp_path,
+    }[where]
+    with pytest.raises(OutputFolderError, match="DICOM root"):
+        ingest(root, out, CLASSES, KEY, progress=False)
+    assert _tree(tmp_path) == before
+
+
+def test_a_folder_ingest_did_not_write_is_never_replaced(tmp_path):
     root = tmp_path / "raw"
     factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1)
     factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
-    out = root / "MM" / "p1" / "processed"
+    out = tmp_path / "thesis"
+    (out / "slices").mkdir(parents=True)
+    (out / "slices" / "figure.npy").write_bytes(b"mine")
+    (out / "chapter1.docx").write_bytes(b"mine too")
+    before = _tree(out)
+    with pytest.raises(OutputFolderError, match="did not write"):
+        ingest(root, out, CLASSES, KEY, progress=False)
+    assert _tree(out) == before
+    assert not list(tmp_path.glob(".thesis.*"))  # no partial output left behind
+
+
+def test_a_rerun_replaces_its_own_output_and_the_leftovers_of_a_killed_run(tmp_path):
+    root = tmp_path / "raw"
+    factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1)
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    out = tmp_path / "processed"
     ingest(root, out, CLASSES, KEY, progress=False)
+    first = _tree(out)
+    killed = tmp_path / ".processed.partial-999999999"  # no such process
+    (killed / "slices").mkdir(parents=True)
+    (killed / MARKER).write_text("x")
+    (killed / "slices" / "im-x.npy").write_bytes(b"half")
+    (root / "MM" / "p1" / "a.dcm").unlink()
+    factory.write_plain(root / "MM" / "p3" / "b.dcm", seed=3)
     summary = ingest(root, out, CLASSES, KEY, progress=False)
-    assert summary.n_files == 2 and summary.n_rejects == 0
-    assert not any(name.startswith(".") for name in os.listdir(out))
+    assert summary.n_slices == 2 and _tree(out) != first
+    assert len(list((out / "slices").iterdir())) == 2  # the removed file's slice is gone
+    assert (out / MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw"]
