@@ -10,6 +10,7 @@ sentence that says what to do; the detail never holds a file name or patient dat
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from collections.abc import Mapping
@@ -162,8 +163,10 @@ def read_ct(source: Path | str | bytes) -> CtImage:
     _require_decoder(tsyntax)
     pixels = _decode(ds, tsyntax)
     hu, rescale = _to_hu(pixels, ds)
+    identifiers = _identifiers(ds)
     frames = tuple(
-        _frame_attributes(ds, tsyntax, hu[i], i, len(hu), *rescale[i]) for i in range(len(hu))
+        _frame_attributes(ds, tsyntax, hu[i], i, len(hu), *rescale[i], identifiers)
+        for i in range(len(hu))
     )
     return CtImage(
         hu=hu,
@@ -481,6 +484,48 @@ def _int(value: Any) -> int | None:
         return None
 
 
+# What a retained free-text value may look like: scanner names, kernels, body parts.
+_SAFE_TEXT = re.compile(r"[A-Za-z0-9 ._+\-/()]*")
+SAFE_TEXT_MAX = 64  # the longest LO value
+REDACTED = "redacted"
+# Attributes whose values (and name components) are the patient's own identifiers.
+_IDENTIFYING = (
+    "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber",
+    "IssuerOfPatientID", "OtherPatientNames", "PatientMotherBirthName", "MedicalRecordLocator",
+)  # fmt: skip
+
+
+def _identifiers(ds: Dataset) -> frozenset[str]:
+    """The patient's identifiers in this file, upper case: whole values and the parts of
+    names and IDs (at least 3 characters), for `safe_text` to look for."""
+    found: set[str] = set()
+    for keyword in _IDENTIFYING:
+        value = ds.get(keyword)
+        if value is None:
+            continue
+        values = value if isinstance(value, list | tuple | MultiValue) else [value]
+        for item in values:
+            whole = str(item).strip().upper()
+            found.add(whole)
+            found.update(re.split(r"[\^\s,.\-_/]+", whole))
+    return frozenset(v for v in found if len(v) >= 3)
+
+
+def safe_text(value: str, identifiers: frozenset[str] = frozenset()) -> str:
+    """`value` when it is safe to copy into an output, else REDACTED: a strict character
+    set, at most SAFE_TEXT_MAX characters, and none of the patient's identifiers in it."""
+    if not value:
+        return ""
+    upper = value.upper()
+    if (
+        len(value) > SAFE_TEXT_MAX
+        or not _SAFE_TEXT.fullmatch(value)
+        or any(token in upper for token in identifiers)
+    ):
+        return REDACTED
+    return value
+
+
 def _text(value: Any) -> str:
     if value is None:
         return ""
@@ -514,7 +559,13 @@ def _frame_attributes(
     slope: float | None,
     intercept: float | None,
     hu_source: str,
+    identifiers: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
+    """The manifest columns of one frame; free-text tags pass `safe_text`."""
+
+    def text(value: Any) -> str:
+        return safe_text(_text(value), identifiers)
+
     spacing_row, spacing_col = _pair(_lookup(ds, "PixelSpacing", frame, "PixelMeasuresSequence"))
     position = _lookup(ds, "ImagePositionPatient", frame, "PlanePositionSequence")
     try:
@@ -533,19 +584,19 @@ def _frame_attributes(
         "slice_thickness": _float(_lookup(ds, "SliceThickness", frame, "PixelMeasuresSequence")),
         "position_z": position_z,
         "instance_number": _int(ds.get("InstanceNumber")),
-        "body_part": _text(ds.get("BodyPartExamined")),
-        "manufacturer": _text(ds.get("Manufacturer")),
-        "model": _text(ds.get("ManufacturerModelName")),
-        "kernel": _text(_lookup(ds, "ConvolutionKernel", frame, "CTReconstructionSequence")),
+        "body_part": text(ds.get("BodyPartExamined")),
+        "manufacturer": text(ds.get("Manufacturer")),
+        "model": text(ds.get("ManufacturerModelName")),
+        "kernel": text(_lookup(ds, "ConvolutionKernel", frame, "CTReconstructionSequence")),
         "kvp": _float(_lookup(ds, "KVP", frame, "CTXRayDetailsSequence")),
         "rescale_slope": slope,
         "rescale_intercept": intercept,
         "hu_source": hu_source,
         "bits_stored": _int(ds.get("BitsStored")),
         "pixel_representation": _int(ds.get("PixelRepresentation")),
-        "photometric": _text(ds.get("PhotometricInterpretation")),
+        "photometric": text(ds.get("PhotometricInterpretation")),
         "transfer_syntax": tsyntax.keyword or _syntax_label(tsyntax),
-        "burned_in_annotation": _text(ds.get("BurnedInAnnotation")),
+        "burned_in_annotation": text(ds.get("BurnedInAnnotation")),
         "hu_min": int(hu.min()),
         "hu_max": int(hu.max()),
     }

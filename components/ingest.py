@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from components.deid import pseudonym
-from components.dicom import FRAME_COLUMNS, DicomRejected, RejectReason, read_ct
+from components.dicom import FRAME_COLUMNS, REDACTED, DicomRejected, RejectReason, read_ct
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "image_id",
@@ -73,6 +73,7 @@ class IngestSummary:
         patients_per_label: patients per class, every class listed.
         rejects: every file not used, in path order; `path` is the real path.
         warnings: things worth a look that didn't stop any file (no PHI in them).
+        redacted: retained tag values replaced by `redacted` (dicom.safe_text).
     """
 
     out: Path
@@ -85,6 +86,7 @@ class IngestSummary:
     patients_per_label: dict[str, int]
     rejects: tuple[Reject, ...]
     warnings: tuple[str, ...]
+    redacted: int = 0
 
     @property
     def rejected_paths(self) -> list[tuple[Path, str]]:
@@ -621,6 +623,7 @@ def _finish(
         patients_per_label={label: len(p) for label, p in patients.items()},
         rejects=tuple(rejects),
         warnings=tuple(notes),
+        redacted=sum(value == REDACTED for row in rows for value in row.values()),
     )
 
 

@@ -33,13 +33,20 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
     labels = args.labels_csv or cfg.data.labels_csv
     key = load_key(cfg.ingest.key_env, cfg.path(cfg.ingest.key_file))
     summary = ingest(root, out, cfg.classes, key, labels_csv=cfg.path(labels) if labels else None)
-    for path, reason in summary.rejected_paths:
-        print(f"rejected {path}: {reason}", file=sys.stderr)
+    # Real paths name patients' folders: they go to a person at a terminal, never to a log
+    # (a pipe is the scheduler's or a stage log's), which gets the pseudonymised source.
+    interactive = sys.stderr.isatty()
+    for reject, (path, why) in zip(summary.rejects, summary.rejected_paths, strict=True):
+        shown = path if interactive else reject.source
+        print(f"rejected {shown}: {why}", file=sys.stderr)
+    if summary.rejects and not interactive:
+        print("(real paths of rejected files are shown on an interactive terminal only)")
     for warning in summary.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"ingested {summary.n_slices} slices of {summary.n_patients} patients into {out}; "
-        f"{summary.n_rejects} files rejected (see {out / 'rejects.csv'})"
+        f"{summary.n_rejects} files rejected (see {out / 'rejects.csv'}); "
+        f"{summary.redacted} retained tag values redacted"
     )
     return 0
 

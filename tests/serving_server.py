@@ -14,6 +14,8 @@ from pathlib import Path
 
 import requests
 
+from tests.tool_env import project_env
+
 STARTUP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 20
 
@@ -71,9 +73,7 @@ def mlflow_model_server(
     """
     port = free_port()
     log = log if log is not None else cwd / "server.log"
-    full_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    full_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    full_env.update(env or {})
+    full_env = project_env(env, drop_prefixes=("PYTHONPATH",))
     command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
     command += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with log.open("w") as out:

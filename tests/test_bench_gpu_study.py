@@ -2,12 +2,13 @@
 pass (one after another, packed, cold cache) and the report holds what the README quotes."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.tool_env import project_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_the_tiny_gpu_study_trains_in_every_pass_and_extrapolates(tmp_path):
     out = tmp_path / "study.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env = project_env(drop_prefixes=("MLFLOW_",))
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench_gpu_study.py"), "--tiny", "--out", str(out),
          "--workdir", str(tmp_path / "work")],

@@ -4,7 +4,6 @@ synthesize -> ingest -> split, no PHI in the outputs, a no-op second repro, and 
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,8 +14,10 @@ import yaml
 
 from components.config import SyntheticConfig
 from components.synthetic import synthesize_cohort
+from tests.tool_env import SCRIPTS, project_env
 
 REPO = Path(__file__).resolve().parents[1]
+DVC = str(SCRIPTS / "dvc")
 STAGES = ["synthesize", "ingest", "split"]
 
 pytestmark = pytest.mark.slow
@@ -49,12 +50,12 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, s
     params["synthetic"].update(patients_per_class=4, slices_min=2, slices_max=3, size=96)
     params["split"].update(train=0.5, val=0.25, test=0.25)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "MYELOMET_DEID_KEY": "test-key-0123456789abcdef"}
-    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+    env = project_env({"MYELOMET_DEID_KEY": "test-key-0123456789abcdef"})
+    for cmd in (["git", "init", "-q"], [DVC, "init", "-q"]):
         _run(cmd, root, env)
     _run(["git", "add", "-A"], root, env)
     _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root, env)
-    _run(["dvc", "repro"], root, env)
+    _run([DVC, "repro"], root, env)
     return root, env
 
 
@@ -79,9 +80,9 @@ def test_repro_writes_a_patient_level_split_without_phi(project):
 
 def test_second_repro_reruns_nothing(project):
     root, env = project
-    status = _run(["dvc", "status", "--json"], root, env)
+    status = _run([DVC, "status", "--json"], root, env)
     assert json.loads(status.stdout) == {}
-    again = _run(["dvc", "repro"], root, env)
+    again = _run([DVC, "repro"], root, env)
     for stage in STAGES:
         assert f"Stage '{stage}' didn't change, skipping" in again.stdout
 
@@ -89,9 +90,9 @@ def test_second_repro_reruns_nothing(project):
 def test_push_pull_round_trip_restores_the_data(project, tmp_path):
     root, env = project
     before = _tree_digest(root / "data")
-    _run(["dvc", "remote", "add", "-d", "local", str(tmp_path / "remote")], root, env)
-    _run(["dvc", "push"], root, env)
+    _run([DVC, "remote", "add", "-d", "local", str(tmp_path / "remote")], root, env)
+    _run([DVC, "push"], root, env)
     shutil.rmtree(root / "data")
     shutil.rmtree(root / ".dvc" / "cache")
-    _run(["dvc", "pull"], root, env)
+    _run([DVC, "pull"], root, env)
     assert _tree_digest(root / "data") == before

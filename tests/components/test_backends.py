@@ -4,7 +4,6 @@ imports a framework."""
 
 import ast
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from components import backbones, runtime, training_loop
 from components.training_data import Batches
+from tests.tool_env import project_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # Probabilities of one float32 model on two backends differ by float rounding only.
@@ -50,7 +50,7 @@ def test_a_model_trained_on_one_backend_predicts_the_same_on_another(tmp_path):
     model.save(tmp_path / "model.keras")
     np.save(tmp_path / "x.npy", x)
 
-    env = {**os.environ, "KERAS_BACKEND": _other_backend(), "PYTHONPATH": str(ROOT)}
+    env = project_env({"KERAS_BACKEND": _other_backend(), "PYTHONPATH": str(ROOT)})
     done = subprocess.run(
         [sys.executable, "-c", _PREDICT_ELSEWHERE, str(tmp_path / "model.keras"), "x.npy"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,

@@ -360,3 +360,29 @@ def test_a_rerun_replaces_its_own_output_and_the_leftovers_of_a_killed_run(tmp_p
     assert len(list((out / "slices").iterdir())) == 2  # the removed file's slice is gone
     assert (out / MARKER).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw"]
+
+
+def test_retained_tags_that_could_identify_are_redacted_and_counted(tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "out"
+    planted = factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1).ds
+    planted.Manufacturer = "Roe^Richard MRN445566"  # outside the character set
+    planted.ManufacturerModelName = "JANE 9000"  # the patient's own given name
+    planted.ConvolutionKernel = "K" * 65  # longer than any LO value
+    planted.BodyPartExamined = "19510312"  # the patient's birth date
+    planted.save_as(root / "MM" / "p1" / "a.dcm", enforce_file_format=True)
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+
+    summary = ingest(root, out, CLASSES, KEY, progress=False)
+    text = (out / "manifest.csv").read_text()
+    for value in ("Roe", "MRN445566", "JANE", "K" * 65, "19510312"):
+        assert value.upper() not in text.upper()
+    rows = {r["patient"]: r for r in _read_csv(out / "manifest.csv")}
+    mm = next(r for r in rows.values() if r["label"] == "MM")
+    ombt = next(r for r in rows.values() if r["label"] == "OMBT")
+    assert [mm[c] for c in ("manufacturer", "model", "kernel", "body_part")] == ["redacted"] * 4
+    assert (ombt["manufacturer"], ombt["model"], ombt["kernel"]) == (
+        "ACME Imaging",
+        "Tomo 9000",
+        "B70f",
+    )
+    assert summary.redacted == 4

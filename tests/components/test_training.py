@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from components import backbones, tracking, training, training_data, training_loop
 from components.backbones import WeightsUnavailable, get_backbone
 from components.config import BACKBONES, load_config
+from tests.tool_env import project_env
 
 ROOT = Path(__file__).resolve().parents[2]
 # Keras 3 with NumPy 2 warns inside model.save; not this code's to fix.
@@ -296,7 +296,7 @@ def test_module_entry_point_reports_missing_data_with_its_exit_code(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "components.training", "--backbone", "VGG16",
          "--params", str(tmp_path / "params.yaml"), "--no-tracking"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=300, env=project_env({"PYTHONPATH": str(ROOT)}),
     )  # fmt: skip
     assert done.returncode == training.EXIT_DATA, done.stderr[-2000:]
     error = json.loads((tmp_path / "models" / "VGG16" / training.ERROR_FILE).read_text())

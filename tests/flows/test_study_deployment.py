@@ -11,11 +11,9 @@ failed expectation in its message and failure note, the registry untouched.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,9 +41,9 @@ from prefect.states import Scheduled
 
 from components import notify, pipeline
 from flows.study import ARTIFACT_KEYS
+from tests.tool_env import SCRIPTS, project_env
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 POOL = "myelomet-local"
 STUDY = "study/study-nightly"
 ON_DEMAND = "train-on-demand/train-on-demand"
@@ -84,9 +82,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     """A Prefect server on a free port of 127.0.0.1; yields the environment that reaches it."""
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    env = project_env(drop_prefixes=("PREFECT_", "MLFLOW_"))
     env |= {
-        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "MYELOMET_DEID_KEY": "test-key-0123456789abcdef",
@@ -94,7 +91,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
     log = home / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            [
+                str(SCRIPTS / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -133,17 +138,17 @@ def project(tmp_path_factory: pytest.TempPathFactory, server: dict[str, str]) ->
         shutil.copy(REPO / name, root / name)
     (root / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
     env = server | {"PWD": str(root)}
-    for cmd in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], ["git", "add", "-A"]):
+    for cmd in (["git", "init", "-q"], [str(SCRIPTS / "dvc"), "init", "-q"], ["git", "add", "-A"]):
         _ok(cmd, root, env)
     _ok(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], root, env)
-    _ok([str(BIN / "prefect"), "work-pool", "create", POOL, "--type", "process"], root, env)
-    _ok([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], root, env)
+    _ok([str(SCRIPTS / "prefect"), "work-pool", "create", POOL, "--type", "process"], root, env)
+    _ok([str(SCRIPTS / "prefect"), "--no-prompt", "deploy", "--all"], root, env)
     return root
 
 
 def _run_worker_once(server: dict[str, str], cwd: Path) -> str:
     """One worker poll from a folder outside the project: it runs what is due, then exits."""
-    cmd = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--run-once"]
+    cmd = [str(SCRIPTS / "prefect"), "worker", "start", "--pool", POOL, "--run-once"]
     return _ok(cmd, cwd, server, timeout=900)
 
 
@@ -209,7 +214,7 @@ def test_on_demand_training_is_a_dvc_experiment_that_leaves_the_workspace_as_it_
     assert state == StateType.COMPLETED, message
     assert "Registered version 2 (MobileNet)" in artifacts[ARTIFACT_KEYS["registry"]]
     assert pipeline.snapshot_workspace(project) == workspace
-    experiments = _ok([str(BIN / "dvc"), "exp", "list", "--name-only"], project, server)
+    experiments = _ok([str(SCRIPTS / "dvc"), "exp", "list", "--name-only"], project, server)
     assert any(name.startswith("demo-") for name in experiments.split()), experiments
 
 
@@ -256,7 +261,7 @@ def test_invalid_new_data_fails_the_scheduled_run_at_validation_and_registry_unc
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["dicom_root"] = "data/raw/site"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _ok([str(BIN / "dvc"), "add", "data/raw/site"], project, server)
+    _ok([str(SCRIPTS / "dvc"), "add", "data/raw/site"], project, server)
     before = _registry(project)
 
     with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):

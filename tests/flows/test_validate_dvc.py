@@ -4,7 +4,6 @@ downstream stage never runs) and goes on once the data is fixed."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from tests.components.test_validation import write_dataset
+from tests.tool_env import project_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,10 +70,8 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     assert dataset.manifest == root / params["ingest"]["out"] / "manifest.csv"
     assert dataset.split == root / params["split"]["out"]
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env = project_env(drop_prefixes=("PREFECT_",))
     env |= {
-        # the venv's python first, so the stage's `python` has this project's packages
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         # no API URL: the flow runs against Prefect's ephemeral server, kept in this folder
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
