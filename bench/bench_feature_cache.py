@@ -34,16 +34,16 @@ def _phantoms(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _train(
     model, x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray, epochs: int, batch: int
 ) -> float:
-    """Train with the training loop's own steps and data pipeline; returns the final val loss."""
-    from components import training_data, training_loop
+    """Train with the training loop's own steps and batches; returns the final val loss."""
+    from components import runtime, training_data, training_loop
 
     training_loop.compile_model(model, 1e-3)
-    steps = training_loop.Steps(model, xla=False)
+    step = runtime.train_step(model, training_loop.weighted_loss)
     weights = np.ones(len(y), np.float32)
-    data = training_data.batches(x, y, weights, np.arange(len(y)), batch, shuffle=True)
-    for _ in range(epochs):
-        training_loop.fit_epoch(steps, data, "", positive=0)
-        val = training_loop.scores(vy, steps.predict(vx), positive=0)
+    data = training_data.Batches(x, y, weights, np.arange(len(y)), batch, shuffle=True)
+    for epoch in range(epochs):
+        training_loop.fit_epoch(step, data, epoch, "", positive=0)
+        val = training_loop.scores(vy, training_loop.predict(model, vx), positive=0)
     return val["loss"]
 
 
@@ -58,9 +58,9 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from components import backbones, training_loop
+    from components import backbones, runtime, training_loop
 
-    training_loop.configure_runtime("off", "off")
+    runtime.configure_runtime("off", "off")
     x, y = _phantoms(args.train + args.val, args.size, seed=0)
     tx, ty, vx, vy = x[: args.train], y[: args.train], x[args.train :], y[args.train :]
 

@@ -1,11 +1,11 @@
-"""Which training loop is fastest here: `train_on_batch` (what the project runs),
-`Model.fit` with `steps_per_execution`, and a hand-written `tf.function` step with
-`GradientTape` (the loop before training became backend-agnostic; TensorFlow only).
+"""Which training loop is fastest here: the project's step (`runtime.train_step`: a
+tf.function over a GradientTape on TensorFlow, a jax.jit of the stateless step on JAX),
+Keras' `Model.train_on_batch`, and `Model.fit` with `steps_per_execution`.
 
 Every loop trains the same freshly built model (same seed, same numpy batches, every layer
 training, as from scratch) with Adam and class weights; the first epoch includes tracing
-and compilation, the rate is the median of the later ones. Ratios are against
-`train_on_batch`, measured in the same run. Sizes and batch come from params.yaml unless
+and compilation, the rate is the median of the later ones. Ratios are against the
+project's step, measured in the same run. Sizes and batch come from params.yaml unless
 given.
 
     python bench/bench_train_throughput.py [--params params.yaml] [--size 64] [--batch 16]
@@ -24,38 +24,48 @@ import numpy as np
 
 DEFAULT_BACKBONES = ("MobileNetV2", "EfficientNetB0", "DenseNet121")
 
+Loop = Callable[[Any, Any, int], None]
 
-def _model(name: str, size: int, xla: bool) -> Any:
+
+def _model(name: str, size: int) -> Any:
     import keras
 
     from components import backbones, training_loop
 
     keras.utils.set_random_seed(0)
     model = backbones.build_model(name, size, "none")
-    training_loop.compile_model(model, 1e-3, xla, positive=0)
+    training_loop.compile_model(model, 1e-3)
     return model
 
 
-def _loop_train_on_batch(model: Any, batches: Any, epoch: int) -> None:
-    from components import training_loop
+def _loop_project(xla: bool) -> Loop:
+    """The project's loop: `runtime.train_step`, one compiled step per backend."""
+    state: dict[str, Any] = {}
 
-    training_loop.fit_epoch(model, batches, epoch, "")
-
-
-def _loop_fit(steps: int) -> Callable[[Any, Any, int], None]:
     def run(model: Any, batches: Any, epoch: int) -> None:
-        if epoch == 0:  # compiled as the project compiles, with steps_per_execution
-            import keras
+        from components import runtime, training_loop
 
-            from components.backbones import PositiveClassAUC, UnweightedAccuracy
+        if "step" not in state:
+            state["step"] = runtime.train_step(model, training_loop.weighted_loss, xla)
+        training_loop.fit_epoch(state["step"], batches, epoch, "", positive=0)
 
-            model.compile(
-                optimizer=keras.optimizers.Adam(1e-3),
-                loss="sparse_categorical_crossentropy",
-                metrics=[UnweightedAccuracy(), PositiveClassAUC(0)],
-                jit_compile=model.jit_compile,
-                steps_per_execution=steps,
-            )
+    return run
+
+
+def _loop_train_on_batch(xla: bool) -> Loop:
+    def run(model: Any, batches: Any, epoch: int) -> None:
+        if epoch == 0:
+            _recompile(model, xla, steps=1)
+        for xb, yb, wb in batches.epoch(epoch):
+            model.train_on_batch(xb, yb, sample_weight=wb)
+
+    return run
+
+
+def _loop_fit(xla: bool, steps: int) -> Loop:
+    def run(model: Any, batches: Any, epoch: int) -> None:
+        if epoch == 0:
+            _recompile(model, xla, steps)
         x = np.asarray(batches.x[batches.rows], np.float32)
         y, w = batches.y[batches.rows], batches.w[batches.rows]
         model.fit(x, y, sample_weight=w, batch_size=batches.batch, epochs=1, verbose=0)
@@ -63,37 +73,16 @@ def _loop_fit(steps: int) -> Callable[[Any, Any, int], None]:
     return run
 
 
-def _loop_gradient_tape() -> Callable[[Any, Any, int], None]:
-    """The project's loop before Keras 3 backends: one traced step over a GradientTape."""
-    state: dict[str, Any] = {}
+def _recompile(model: Any, xla: bool, steps: int) -> None:
+    """Keras' own step: the same optimizer and loss, XLA as the project would use it."""
+    import keras
 
-    def run(model: Any, batches: Any, epoch: int) -> None:
-        import keras
-        import tensorflow as tf
-
-        if "step" not in state:
-            optimizer = model.optimizer
-            optimizer.build(model.trainable_variables)
-            spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-
-            @tf.function(
-                input_signature=[spec, tf.TensorSpec((None,), tf.int32), tf.TensorSpec((None,))],
-                autograph=False,
-            )
-            def step(x: Any, y: Any, w: Any) -> Any:
-                with tf.GradientTape() as tape:
-                    probs = model(x, training=True)
-                    ce = keras.losses.sparse_categorical_crossentropy(y, probs)
-                    loss = tf.reduce_mean(ce * w)
-                grads = tape.gradient(loss, model.trainable_variables)
-                optimizer.apply(grads, model.trainable_variables)
-                return loss
-
-            state["step"] = step
-        for xb, yb, wb in batches.epoch(epoch):
-            state["step"](xb, yb, wb)
-
-    return run
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="sparse_categorical_crossentropy",
+        jit_compile=xla,
+        steps_per_execution=steps,
+    )
 
 
 def main() -> None:
@@ -115,17 +104,17 @@ def main() -> None:
     rt = runtime.configure_runtime(cfg.training.mixed_precision, cfg.training.xla)
     import_s = time.perf_counter() - started
     batch = args.batch or cfg.training.batch_size
-    loops: dict[str, Callable[[Any, Any, int], None]] = {
-        "train_on_batch": _loop_train_on_batch,
-        f"fit(steps_per_execution={args.steps_per_execution})": _loop_fit(args.steps_per_execution),
+    spe = args.steps_per_execution
+    loops: dict[str, Callable[[], Loop]] = {
+        "runtime.train_step (the project's)": lambda: _loop_project(rt.xla),
+        "Model.train_on_batch": lambda: _loop_train_on_batch(rt.xla),
+        f"Model.fit(steps_per_execution={spe})": lambda: _loop_fit(rt.xla, spe),
     }
-    if rt.backend == "tensorflow":
-        loops["tf.function + GradientTape"] = _loop_gradient_tape()
     print(
         f"Keras on {rt.backend}, {os.cpu_count()} CPUs, {rt.gpus} GPUs, {rt.precision}, "
         f"XLA {rt.xla}; batch {batch}, {args.images} images per epoch; imports {import_s:.1f} s"
     )
-    print(f"{'backbone':15s} {'loop':32s} {'1st epoch s':>11s} {'img/s':>8s} {'ratio':>6s}")
+    print(f"{'backbone':15s} {'loop':36s} {'1st epoch s':>11s} {'img/s':>8s} {'ratio':>6s}")
     rng = np.random.default_rng(0)
     for name in args.backbones or DEFAULT_BACKBONES:
         size = backbones.get_backbone(name).input_size(args.size or cfg.training.image_size)
@@ -134,8 +123,8 @@ def main() -> None:
         w = training_data.class_weights(y, 2)[y]
         data = training_data.Batches(x, y, w, np.arange(len(y)), batch, shuffle=True)
         base = None
-        for label, loop in loops.items():
-            model = _model(name, size, rt.xla)
+        for label, make_loop in loops.items():
+            model, loop = _model(name, size), make_loop()
             start = time.perf_counter()
             loop(model, data, 0)
             first_s = time.perf_counter() - start
@@ -147,7 +136,7 @@ def main() -> None:
             rate = float(np.median(rates))
             base = base or rate
             print(
-                f"{name:15s} {label:32s} {first_s:11.1f} {rate:8.1f} {rate / base:6.2f}",
+                f"{name:15s} {label:36s} {first_s:11.1f} {rate:8.1f} {rate / base:6.2f}",
                 flush=True,
             )
 

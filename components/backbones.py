@@ -330,35 +330,6 @@ class BackbonePreprocess(keras.layers.Layer):
         return {**super().get_config(), "backbone": self.backbone}
 
 
-@keras.saving.register_keras_serializable(package="myelomet")
-class PositiveClassAUC(keras.metrics.AUC):
-    """ROC AUC of one class's softmax probability against the integer labels (unweighted),
-    for the training curves."""
-
-    def __init__(self, positive: int = 0, name: str = "auc", **kwargs: Any) -> None:
-        super().__init__(name=name, **kwargs)
-        self.positive = positive
-
-    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        ops = keras.ops
-        is_positive = ops.equal(ops.cast(ops.reshape(y_true, (-1,)), "int32"), self.positive)
-        super().update_state(ops.cast(is_positive, "float32"), y_pred[:, self.positive])
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "positive": self.positive}
-
-
-@keras.saving.register_keras_serializable(package="myelomet")
-class UnweightedAccuracy(keras.metrics.SparseCategoricalAccuracy):
-    """Accuracy over images, whatever the class weights of the loss."""
-
-    def __init__(self, name: str = "accuracy", **kwargs: Any) -> None:
-        super().__init__(name=name, **kwargs)
-
-    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
-        super().update_state(y_true, y_pred)
-
-
 def _head(features: Any, head_units: Sequence[int], dropout: float, n_classes: int) -> Any:
     x = features
     for i, units in enumerate(head_units, start=1):
@@ -519,11 +490,7 @@ def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalizatio
 
 def custom_objects() -> dict[str, type]:
     """What keras.saving.load_model / mlflow.keras.load_model need for these models."""
-    return {
-        "BackbonePreprocess": BackbonePreprocess,
-        "PositiveClassAUC": PositiveClassAUC,
-        "UnweightedAccuracy": UnweightedAccuracy,
-    }
+    return {"BackbonePreprocess": BackbonePreprocess}
 
 
 def load_model(path: Path) -> keras.Model:

@@ -317,6 +317,7 @@ def log_candidate(
         classes=tuple(classes),
         positive_class=positive_class,
         thresholds={k: float(v) for k, v in thresholds.items()},
+        keras_backend=",".join(sorted({str(info[b].get("keras_backend", "")) for b in members})),
     )
     model_files = {b: models_dir / b / MODEL_FILE for b in members}
     Predictor.load(spec, list(model_files.values()))

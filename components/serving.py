@@ -62,6 +62,8 @@ class ServingSpec:
         positive_class: the class whose probability is reported (p_<class>).
         thresholds: level (`slice`, `patient`) -> threshold chosen on validation; a slice is
             labelled positive when its probability is >= thresholds["slice"].
+        keras_backend: the Keras backend(s) the members were trained on (they load and
+            predict on any backend); empty when not recorded.
     """
 
     candidate: str
@@ -69,6 +71,7 @@ class ServingSpec:
     classes: tuple[str, ...]
     positive_class: str
     thresholds: Mapping[str, float]
+    keras_backend: str = ""
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -118,6 +121,7 @@ class ServingSpec:
                 "classes": list(self.classes),
                 "positive_class": self.positive_class,
                 "thresholds": {k: float(v) for k, v in self.thresholds.items()},
+                "keras_backend": self.keras_backend,
             },
             indent=2,
         )
@@ -151,6 +155,7 @@ class ServingSpec:
                 classes=tuple(raw["classes"]),
                 positive_class=raw["positive_class"],
                 thresholds={k: float(v) for k, v in raw["thresholds"].items()},
+                keras_backend=str(raw.get("keras_backend", "")),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a serving spec ({type(exc).__name__}: {exc})") from None

@@ -2,9 +2,9 @@
 
 `train_phase` trains one model with Adam and early stopping on training.monitor, writes a
 checkpoint every epoch (model with optimizer state, and the JSON `RunState`) and resumes
-from one. Each epoch is a loop of `Model.train_on_batch` over numpy batches: Keras compiles
-the step once per backend (a tf.function, XLA on GPUs; a jax.jit), builds the optimizer and
-metrics before it, and it measured faster than `Model.fit` on a CPU
+from one. Each epoch is a loop over numpy batches of one compiled step per backend
+(`runtime.train_step`: a tf.function over a GradientTape, XLA on GPUs; a jax.jit of the
+stateless step), which measured faster than `Model.fit` and `train_on_batch`
 (bench/bench_train_throughput.py). Also here: `scores`, batched inference at one fixed
 batch shape (`predict`) and `PreciseBatchNorm`, which recomputes BatchNorm statistics for
 runs from scratch.
@@ -84,8 +84,9 @@ def predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
 
 class PreciseBatchNorm:
     """Sets every trainable BatchNorm layer's moving mean and variance to the average, over
-    the training images in batches of INFER_BATCH, of the batch statistics the layer
-    normalises with in training mode ("precise BN"). Weights do not change.
+    the training images in chunks of INFER_BATCH (the last topped up with the first images,
+    so that every chunk has one shape), of the batch statistics the layer normalises with
+    in training mode ("precise BN"). Weights do not change.
 
     Runs from scratch need it: in a few hundred steps the moving averages (momentum 0.99,
     MobileNetV2 0.999) stay near their initial values and inference-mode outputs are
@@ -123,17 +124,22 @@ class PreciseBatchNorm:
             trainable = [v.value for v in self.model.trainable_variables]
             non_trainable = [v.value for v in self.model.non_trainable_variables]
             sums = [np.zeros(bn.moving_mean.shape, np.float64) for bn in self.layers for _ in "mv"]
-            for start in range(0, len(rows), INFER_BATCH):
-                chunk = np.sort(rows[start : start + INFER_BATCH])
+            size = min(INFER_BATCH, len(rows))
+            chunks = -(-len(rows) // size)
+            # every chunk of one size (one compilation): the last one is topped up with the
+            # first rows, so each chunk's statistics are those of real training images
+            wrapped = np.resize(rows, chunks * size)
+            for i in range(chunks):
+                chunk = np.sort(wrapped[i * size : (i + 1) * size])
                 stats = self._forward(trainable, non_trainable, np.asarray(x[chunk], np.float32))
                 for acc, value in zip(sums, stats, strict=True):
-                    acc += len(chunk) * to_numpy(value)
+                    acc += to_numpy(value)
         finally:
             for bn, momentum in zip(self.layers, momenta, strict=True):
                 bn.momentum = momentum
         for i, bn in enumerate(self.layers):
-            bn.moving_mean.assign(sums[2 * i] / len(rows))
-            bn.moving_variance.assign(sums[2 * i + 1] / len(rows))
+            bn.moving_mean.assign(sums[2 * i] / chunks)
+            bn.moving_variance.assign(sums[2 * i + 1] / chunks)
         return len(self.layers)
 
 
@@ -194,19 +200,22 @@ class PhaseContext:
         return self.cfg.classes.index(self.cfg.positive_class)
 
 
-def compile_model(model: keras.Model, learning_rate: float, xla: bool, positive: int) -> None:
-    """Adam, class-weighted cross-entropy, accuracy and AUC; the step compiled with XLA when
-    `xla` (always on JAX, see runtime.configure_runtime)."""
+def compile_model(model: keras.Model, learning_rate: float) -> None:
+    """Attach Adam and the loss (the loop runs its own step, `runtime.train_step`; under
+    mixed float16 Keras wraps the optimizer for loss scaling)."""
     import keras
 
-    from components.backbones import PositiveClassAUC, UnweightedAccuracy
-
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=[UnweightedAccuracy(), PositiveClassAUC(positive)],
-        jit_compile=xla,
+        optimizer=keras.optimizers.Adam(learning_rate), loss="sparse_categorical_crossentropy"
     )
+
+
+def weighted_loss(y: Any, outputs: Any, w: Any) -> Any:
+    """Class-weighted cross-entropy, the mean over the batch (keras.ops, any backend)."""
+    import keras
+
+    ce = keras.losses.sparse_categorical_crossentropy(y, keras.ops.cast(outputs, "float32"))
+    return keras.ops.mean(ce * w)
 
 
 def _save_checkpoint(model: keras.Model, ctx: PhaseContext, best: bool) -> None:
@@ -224,23 +233,31 @@ def _save_checkpoint(model: keras.Model, ctx: PhaseContext, best: bool) -> None:
             path.unlink()
 
 
-def fit_epoch(model: keras.Model, train: Batches, epoch: int, desc: str) -> dict[str, float]:
-    """One pass over the training batches of epoch `epoch` (0-based); loss is
-    class-weighted (what is minimised), accuracy and AUC are of the training-mode outputs."""
+def fit_epoch(
+    step: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, np.ndarray]],
+    train: Batches,
+    epoch: int,
+    desc: str,
+    positive: int,
+) -> dict[str, float]:
+    """One pass over the training batches of epoch `epoch` (0-based) with `step`
+    (`runtime.train_step`); loss is class-weighted (what is minimised), accuracy and AUC are
+    of the training-mode outputs over the whole epoch."""
     from tqdm import tqdm
 
     start = time.perf_counter()
-    model.reset_metrics()
-    logs: dict[str, Any] = {}
-    images = 0
+    loss_sum, probs, labels = 0.0, [], []
     for xb, yb, wb in tqdm(
         train.epoch(epoch), total=len(train), desc=desc, leave=False, disable=None
     ):
-        logs = model.train_on_batch(xb, yb, sample_weight=wb, return_dict=True)
-        images += len(yb)
+        loss, outputs = step(xb, yb, wb)
+        loss_sum += loss * len(yb)
+        probs.append(outputs)
+        labels.append(yb)
     seconds = time.perf_counter() - start
-    fit = {k: float(logs[k]) for k in ("loss", "accuracy", "auc")}
-    return {**fit, "train_images_per_s": images / seconds}
+    y = np.concatenate(labels)
+    fit = scores(y, np.concatenate(probs).astype(np.float32), positive)
+    return {**fit, "loss": loss_sum / len(y), "train_images_per_s": len(y) / seconds}
 
 
 def progress_line(ctx: PhaseContext, row: dict[str, Any]) -> str:
@@ -290,6 +307,7 @@ def train_phase(
     import keras
 
     from components.backbones import custom_objects
+    from components.runtime import train_step
 
     state = ctx.state
     if state.phase == phase:
@@ -298,16 +316,19 @@ def train_phase(
         state.resumed = True
     else:
         model = make_model()
-        compile_model(model, learning_rate, ctx.runtime.xla, ctx.positive)
+        compile_model(model, learning_rate)
         state.phase, state.phase_start, state.phase_done = phase, state.epoch, False
         state.best_score, state.best_epoch, state.wait = math.inf, 0, 0
     callback = ctx.run.epoch_callback() if ctx.run is not None else None
+    step = train_step(model, weighted_loss, ctx.runtime.xla)
     prepare = before_validation(model) if before_validation is not None else None
     while not state.phase_done:
         if ctx.paused:
             return None
         start = time.perf_counter()
-        fit = fit_epoch(model, train, state.epoch, f"{ctx.name} {phase} {state.epoch + 1}")
+        fit = fit_epoch(
+            step, train, state.epoch, f"{ctx.name} {phase} {state.epoch + 1}", ctx.positive
+        )
         t = time.perf_counter()
         if prepare is not None:
             prepare()

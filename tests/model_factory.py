@@ -67,5 +67,6 @@ def write_models_dir(
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
     metrics = {"backbone": backbone, "image_size": SIZE, "weights": "random"}
+    metrics["keras_backend"] = keras.backend.backend()
     (folder / "metrics.json").write_text(json.dumps({**metrics, "data_version": data_version}))
     return root / "models"

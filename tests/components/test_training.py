@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from components import backbones, tracking, training, training_data, training_loop
+from components import backbones, runtime, tracking, training, training_data, training_loop
 from components.backbones import WeightsUnavailable, get_backbone
 from components.config import BACKBONES, load_config
 from tests.tool_env import project_env
@@ -301,3 +301,29 @@ def test_module_entry_point_reports_missing_data_with_its_exit_code(tmp_path):
     assert done.returncode == training.EXIT_DATA, done.stderr[-2000:]
     error = json.loads((tmp_path / "models" / "VGG16" / training.ERROR_FILE).read_text())
     assert "myelomet ingest" in error["error"]
+
+
+@pytest.mark.backends
+def test_the_training_step_minimises_the_weighted_loss_and_reports_the_whole_epoch():
+    """Each step returns the class-weighted loss and the training-mode outputs it took the
+    gradient at; the epoch's metrics are over all its batches, and the loss goes down."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * rng.normal(size=40) > 0).astype(np.int32)
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    training_loop.compile_model(model, 0.05)
+    weights = training_data.class_weights(y, 2)[y]
+    before = training_loop.predict(model, x)
+    loss, outputs = runtime.train_step(model, training_loop.weighted_loss)(x, y, weights)
+    np.testing.assert_allclose(outputs, before, rtol=1e-5)  # outputs before the update
+    ce = -np.log(before[np.arange(40), y])
+    assert loss == pytest.approx(float((ce * weights).mean()), rel=1e-5)
+
+    step = runtime.train_step(model, training_loop.weighted_loss)
+    batches = training_data.Batches(x, y, weights, np.arange(40), 8, shuffle=True)
+    epochs = [training_loop.fit_epoch(step, batches, e, "", positive=1) for e in range(15)]
+    assert epochs[-1]["loss"] < 0.7 * epochs[0]["loss"]
+    assert epochs[-1]["accuracy"] > 0.8 and epochs[-1]["auc"] > 0.9
+    assert 0 < epochs[0]["accuracy"] < 1  # over 40 images, not one batch of 8
