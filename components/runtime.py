@@ -1,8 +1,8 @@
 """The Keras backend this process runs on, and everything that is specific to one backend.
 
-Model code elsewhere is backend-agnostic Keras 3 (`keras.ops`, numpy batches,
-`train_on_batch`, `predict_on_batch`). What cannot be said in Keras lives here, each piece
-behind a check of `keras.backend.backend()`: thread and GPU-memory settings, the compute
+Model code elsewhere is backend-agnostic Keras 3 (`keras.ops`, numpy batches, stateless
+calls, `predict_on_batch`). What cannot be said in Keras lives here, each piece behind a
+check of `keras.backend.backend()`: thread and GPU-memory settings, the compute
 precision, XLA, the persistent compilation cache, the training step, a compiled function,
 the gradient of a function with respect to its input, and the framework pins of a logged
 model. This is the only module that imports TensorFlow or JAX.
@@ -74,12 +74,12 @@ def configure_runtime(
     import keras
 
     name = backend()
+    if name not in _FRAMEWORK_PACKAGES:
+        raise ValueError(f"KERAS_BACKEND is {name!r}; myelomet runs on tensorflow or jax")
     cache = None
     if compile_cache is not None:
         compile_cache.mkdir(parents=True, exist_ok=True)
         cache = str(compile_cache.resolve())
-    if name not in _FRAMEWORK_PACKAGES:
-        raise ValueError(f"KERAS_BACKEND is {name!r}; myelomet runs on tensorflow or jax")
     gpus = {"tensorflow": _tensorflow_gpus, "jax": _jax_gpus}[name]()
     use_xla = name == "jax" or (bool(gpus) if xla == "auto" else xla == "on")
     if name == "tensorflow":

@@ -19,9 +19,9 @@ the same inputs is skipped.
 
 This module plans the run (weights, inputs hash), builds the model, runs the phases and
 writes the outputs. The inputs, class weights and numpy batches are in
-`components.training_data`; the loop of one phase (`train_on_batch`, checkpoints, resume)
-and `PreciseBatchNorm` in `components.training_loop`; the backend's runtime (KERAS_BACKEND:
-tensorflow, jax or torch) in `components.runtime`.
+`components.training_data`; the loop of one phase (checkpoints, resume) and
+`PreciseBatchNorm` in `components.training_loop`; the backend's runtime and training step
+(KERAS_BACKEND: tensorflow or jax) in `components.runtime`.
 
 Run one backbone in its own process (a framework rarely gives GPU memory back):
 `python -m components.training --backbone NAME [--params params.yaml] [--out DIR]
