@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Frozen(BaseModel):
@@ -209,7 +209,13 @@ class TrainingConfig(_Frozen):
                     f"training.overrides.{name}: {wrong} cannot differ per backbone; "
                     f"these can: {sorted(PER_BACKBONE)}"
                 )
-            self.for_backbone(name)  # each merged section must validate on its own
+            try:
+                self.for_backbone(name)  # each merged section must validate on its own
+            except ValidationError as exc:
+                problems = "; ".join(
+                    f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+                )
+                raise ValueError(f"training.overrides.{name}: {problems}") from None
         return self
 
     def for_backbone(self, name: str) -> TrainingConfig:
@@ -293,6 +299,8 @@ def load_config(params: str | Path = "params.yaml") -> Config:
 
     Raises:
         FileNotFoundError: the file does not exist.
+        ValueError: the file is not YAML (the message names line and column) or not a
+            mapping.
         pydantic.ValidationError: a value is missing, mistyped or out of range.
     """
     path = Path(params).resolve()
@@ -300,5 +308,13 @@ def load_config(params: str | Path = "params.yaml") -> Config:
         raise FileNotFoundError(
             f"{path}: no params file; run from the project root or pass --params"
         )
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(f"{where}: not valid YAML ({problem}); fix the file there") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
     return Config(root=path.parent, **raw)

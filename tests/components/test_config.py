@@ -52,3 +52,23 @@ def test_a_backbone_override_changes_that_backbone_only(tmp_path):
     assert (vgg.scratch_learning_rate, vgg.epochs, vgg.overrides) == (1e-4, 3, {})
     other = cfg.training.for_backbone("MobileNet")
     assert (other.scratch_learning_rate, other.epochs) == (cfg.training.scratch_learning_rate, 6)
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("training:\n  epochs: [3\n", ":3:1:"), ("training:\n\tepochs: 3\n", ":2:1:")],
+)
+def test_a_malformed_params_file_names_line_and_column(tmp_path, text, where):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="not valid YAML") as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert f"{path}{where}" in message and "\n" not in message
+
+
+def test_an_error_inside_a_backbone_override_names_the_override(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("training:\n  overrides:\n    VGG16: {epochs: 0}\n")
+    with pytest.raises(ValueError, match=r"training\.overrides\.VGG16: epochs: "):
+        load_config(path)
