@@ -186,6 +186,8 @@ def _read(source: Path | str | bytes) -> Dataset:
         fp = Path(source)
         try:
             size = fp.stat().st_size
+            with fp.open("rb"):  # permissions, a dangling or looping link: say so here
+                pass
         except OSError as exc:
             raise DicomRejected(
                 RejectReason.UNREADABLE,

@@ -286,7 +286,12 @@ def list_files(root: Path, exclude: Path | None = None) -> list[Path]:
         here = Path(dirpath)
         if skip is not None:
             dirnames[:] = [d for d in dirnames if (here / d).resolve() != skip]
-        found.extend(here / name for name in filenames if (here / name).is_file())
+        # a link that leads nowhere (dangling, or to itself) is listed: it gets rejected
+        found.extend(
+            here / name
+            for name in filenames
+            if (here / name).is_file() or (here / name).is_symlink()
+        )
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 

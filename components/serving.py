@@ -26,6 +26,7 @@ import numpy as np
 from components.config import Window
 from components.dataset import model_input
 from components.dicom import DicomRejected, RejectReason, read_ct
+from components.ingest import list_files
 from components.training import probability_column
 from components.training_loop import predict
 
@@ -343,7 +344,7 @@ def _expand(
         if not path.is_dir():
             yield name, path
             continue
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+        files = list_files(path)  # as ingest lists them: links that lead nowhere too
         if not files:
             yield (
                 name,

@@ -386,3 +386,15 @@ def test_retained_tags_that_could_identify_are_redacted_and_counted(tmp_path):
         "B70f",
     )
     assert summary.redacted == 4
+
+
+def test_dangling_and_looping_links_are_rejected_as_unreadable(tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "out"
+    factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1)
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    (root / "MM" / "p1" / "gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (root / "MM" / "p1" / "loop.dcm").symlink_to(root / "MM" / "p1" / "loop.dcm")
+    summary = ingest(root, out, CLASSES, KEY, progress=False)
+    assert summary.n_slices == 2
+    assert sorted(r.reason for r in summary.rejects) == ["unreadable", "unreadable"]
+    assert len(_read_csv(out / "rejects.csv")) == 2

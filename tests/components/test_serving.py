@@ -142,13 +142,17 @@ def test_folders_are_walked_and_batches_keep_the_order(predictor, ct_files, tmp_
         (folder / f"series{i % 2}").mkdir(parents=True, exist_ok=True)
         (folder / f"series{i % 2}" / f.name).write_bytes(f.read_bytes())
     write_not_dicom(folder / "series0" / "README")
+    (folder / "series1" / "zz-gone.dcm").symlink_to(tmp_path / "nowhere.dcm")
     (tmp_path / "empty").mkdir()
 
     rows = predictor.predict_sources([folder, tmp_path / "empty"], names=["study", "nothing"])
 
-    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    files = sorted(
+        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() or p.is_symlink()
+    )
     assert [r["file"] for r in rows] == [f"study/{f}" for f in files] + ["nothing"]
     assert "error" in rows[files.index("series0/README")]
+    assert rows[files.index("series1/zz-gone.dcm")]["error"].startswith("unreadable:")
     assert rows[-1]["error"].startswith("unreadable: the folder holds no files")
     by_file = {r["file"]: r["p_mm"] for r in rows if "p_mm" in r}
     direct = predictor.predict_sources(ct_files)
