@@ -10,6 +10,7 @@ sentence that says what to do; the detail never holds a file name or patient dat
 from __future__ import annotations
 
 import io
+import math
 import re
 import struct
 import warnings
@@ -45,6 +46,7 @@ class RejectReason(StrEnum):
     COLOUR_IMAGE = "colour_image"
     UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
     UNREADABLE = "unreadable"
+    BAD_RESCALE = "bad_rescale"
     # Decided by ingest, not by reading the file:
     NO_LABEL = "no_label"
     UNKNOWN_LABEL = "unknown_label"
@@ -405,13 +407,69 @@ def _to_hu(
     """Apply the modality LUT and round to int16; also (slope, intercept, source) per frame."""
     n = len(pixels)
     per_frame = [_frame_lut(ds, i) for i in range(n)] if _has_functional_rescale(ds) else None
+    padding = _padding_mask(pixels, ds)
     if per_frame is None:
-        hu = _rounded(apply_modality_lut(pixels, ds))
+        _check_rescale(_rescale_of(ds))
+        hu = _rounded(_checked_range(apply_modality_lut(pixels, ds), padding))
         return hu, [_rescale_of(ds)] * n
     hu = np.empty(pixels.shape, dtype=np.int16)
     for i, lut in enumerate(per_frame):
-        hu[i] = _rounded(apply_modality_lut(pixels[i], lut))
+        _check_rescale(_rescale_of(lut))
+        hu[i] = _rounded(_checked_range(apply_modality_lut(pixels[i], lut), padding[i]))
     return hu, [_rescale_of(lut) for lut in per_frame]
+
+
+# Hounsfield units a CT file can hold: tissue starts at air (-1000) and dense metal reaches
+# about 30000; below air only fill values for pixels outside the scanned field, down to
+# -3024 (GE and Siemens write it, often without declaring Pixel Padding) and -3072.
+HU_RANGE = (-4096, 32767)
+
+
+def _check_rescale(rescale: tuple[float | None, float | None, str]) -> None:
+    slope, intercept, _ = rescale
+    if slope is not None and (not math.isfinite(slope) or slope == 0):
+        raise DicomRejected(
+            RejectReason.BAD_RESCALE,
+            f"RescaleSlope is {slope}: every pixel would map to one value or none; the "
+            "file's modality LUT is broken, export the series again",
+        )
+    if intercept is not None and not math.isfinite(intercept):
+        raise DicomRejected(
+            RejectReason.BAD_RESCALE,
+            f"RescaleIntercept is {intercept}; the file's modality LUT is broken, export the "
+            "series again",
+        )
+
+
+def _padding_mask(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    """True where a stored value is Pixel Padding (outside the scanned field, e.g. GE's
+    -2000 stored for -3024 HU): not tissue, so not held to HU_RANGE."""
+    mask = np.zeros(pixels.shape, dtype=bool)
+    value = _float(ds.get("PixelPaddingValue"))
+    if value is None:
+        return mask
+    limit = _float(ds.get("PixelPaddingRangeLimit"))
+    low, high = (value, value) if limit is None else sorted((value, limit))
+    return (pixels >= low) & (pixels <= high)
+
+
+def _checked_range(values: np.ndarray, padding: np.ndarray) -> np.ndarray:
+    """`values` (HU) when they are finite and, padding aside, within HU_RANGE."""
+    tissue = values[~padding] if padding.any() else values
+    if tissue.size == 0 or not np.isfinite(tissue).all():
+        raise DicomRejected(
+            RejectReason.BAD_RESCALE,
+            "the modality LUT gives no finite Hounsfield units; export the series again",
+        )
+    low, high = float(tissue.min()), float(tissue.max())
+    if low < HU_RANGE[0] or high > HU_RANGE[1]:
+        raise DicomRejected(
+            RejectReason.BAD_RESCALE,
+            f"Hounsfield units {low:.0f}..{high:.0f} after rescale lie outside the "
+            f"{HU_RANGE[0]}..{HU_RANGE[1]} a CT scanner produces; check RescaleSlope and "
+            "RescaleIntercept",
+        )
+    return values
 
 
 def _rounded(values: np.ndarray) -> np.ndarray:

@@ -147,3 +147,32 @@ def test_unknown_syntax_detail_says_how_to_convert(tmp_path):
         read_ct(written.path)
     assert "JPEG XL" in caught.value.detail
     assert "gdcmconv" in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    ("slope", "intercept", "says"),
+    [
+        (0.0, -1024.0, "RescaleSlope is 0.0"),
+        (float("nan"), -1024.0, "RescaleSlope is nan"),
+        (1.0, float("inf"), "RescaleIntercept is inf"),
+        (1.0, 1e6, "outside the -4096..32767"),
+        (1000.0, 0.0, "outside the -4096..32767"),
+    ],
+)
+def test_physically_impossible_rescale_is_rejected(tmp_path, slope, intercept, says):
+    path = factory.write_plain(tmp_path / "a.dcm", slope=slope, intercept=intercept).path
+    with pytest.raises(DicomRejected) as caught:
+        read_ct(path)
+    assert caught.value.reason == RejectReason.BAD_RESCALE
+    assert says in caught.value.detail
+
+
+def test_declared_pixel_padding_is_not_held_to_the_hu_range(tmp_path):
+    written = factory.write_plain(tmp_path / "a.dcm", slope=1.0, intercept=-1024.0)
+    ds = written.ds
+    pixels = factory.stored_pixels(seed=3)
+    pixels[..., :4, :] = -7000  # outside the field of view: -8024 HU
+    ds.PixelData = pixels.astype("<i2").tobytes()
+    ds.PixelPaddingValue = -7000
+    ds.save_as(written.path, enforce_file_format=True)
+    assert read_ct(written.path).hu.min() == -8024

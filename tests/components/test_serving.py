@@ -14,6 +14,7 @@ from tests.dicom_factory import (
     write_mr,
     write_multiframe,
     write_not_dicom,
+    write_plain,
     write_rgb,
 )
 from tests.model_factory import (
@@ -212,3 +213,9 @@ def test_spec_round_trips_through_json_and_rejects_bad_input():
         ServingSpec("x", spec.members, CLASSES, POSITIVE, {"patient": 0.5})
     with pytest.raises(ValueError, match="two names including"):
         ServingSpec("x", spec.members, ("MM", "OMBT", "X"), POSITIVE, {"slice": 0.5})
+
+
+def test_a_slice_with_an_impossible_rescale_gets_an_error_not_a_probability(predictor, tmp_path):
+    bad = write_plain(tmp_path / "bad.dcm", slope=0.0).path
+    rows = predictor.predict_sources([bad])
+    assert "p_mm" not in rows[0] and rows[0]["error"].startswith("bad_rescale:")
