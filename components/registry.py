@@ -17,12 +17,15 @@ least `min_improvement`; otherwise it becomes `challenger`. The comparison is wr
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import json
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -77,6 +80,8 @@ MAX_REQUEST_BYTES_ENV = "MYELOMET_MAX_REQUEST_BYTES"
 # The scoring server refuses `path` rows unless this is "1": a client must not make the
 # server read files from its own disk.
 ALLOW_PATHS_ENV = "MYELOMET_SERVE_ALLOW_PATHS"
+# Next to a local tracking database: held while a version is registered and promoted.
+PROMOTION_LOCK = ".promotion.lock"
 # Set to "true" by MLflow's scoring server (and `mlflow models predict`) before it serves.
 _SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
 
@@ -353,6 +358,32 @@ def log_candidate(
     return LoggedCandidate(logged.model_uri, run.info.run_id, tags)
 
 
+@contextlib.contextmanager
+def _promotion_lock(store: Store) -> Iterator[None]:
+    """Serialise decide-and-set-alias between processes that share a local store: an
+    exclusive lock on a file next to the sqlite database (or in the file store). A remote
+    tracking server has no such file; there the alias is read back after it is set."""
+    folder = _local_store_folder(store.tracking_uri)
+    if folder is None:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / PROMOTION_LOCK).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _local_store_folder(tracking_uri: str) -> Path | None:
+    if tracking_uri.startswith("sqlite:///"):
+        return Path(tracking_uri.removeprefix("sqlite:///")).parent
+    if tracking_uri.startswith("file:"):
+        return Path(tracking_uri.removeprefix("file://").removeprefix("file:"))
+    return None
+
+
 def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
     """The version an alias points at, or None (no such alias or registered model)."""
     try:
@@ -452,38 +483,49 @@ def register_and_promote(
     parse_metric_name(test_metric_name)
     connect(store)
     client = MlflowClient(store.tracking_uri)
-    champion = _by_alias(client, name, CHAMPION)
-    champion_version = str(champion.version) if champion is not None else None
-    version_tags = {
-        **{k: str(v) for k, v in tags.items()},
-        f"{TEST_TAG_PREFIX}{test_metric_name}": repr(float(new_test_value)),
-    }
-    version = str(mlflow.register_model(model_uri, name, tags=version_tags).version)
-    decision = _decide(
-        champion,
-        tags[DATA_VERSION_TAG],
-        test_metric_name,
-        float(new_test_value),
-        champion_rescore,
-        min_improvement,
-        name,
-    )
-    alias = CHAMPION if decision.promote else CHALLENGER
-    client.set_registered_model_alias(name, alias, version)
-    promotion = {
-        "decision": alias,
-        "metric": test_metric_name,
-        "new_value": repr(float(new_test_value)),
-        "champion_version": champion_version or "none",
-        "champion_value": repr(decision.champion_value)
-        if decision.champion_value is not None
-        else "none",
-        "compared": decision.compared,
-        "min_improvement": repr(float(min_improvement)),
-        "reason": decision.reason,
-    }
-    for key, value in promotion.items():
-        client.set_model_version_tag(name, version, f"{PROMOTION_PREFIX}{key}", value)
+    with _promotion_lock(store):
+        champion = _by_alias(client, name, CHAMPION)
+        champion_version = str(champion.version) if champion is not None else None
+        version_tags = {
+            **{k: str(v) for k, v in tags.items()},
+            f"{TEST_TAG_PREFIX}{test_metric_name}": repr(float(new_test_value)),
+        }
+        version = str(mlflow.register_model(model_uri, name, tags=version_tags).version)
+        decision = _decide(
+            champion,
+            tags[DATA_VERSION_TAG],
+            test_metric_name,
+            float(new_test_value),
+            champion_rescore,
+            min_improvement,
+            name,
+        )
+        alias = CHAMPION if decision.promote else CHALLENGER
+        client.set_registered_model_alias(name, alias, version)
+        holder = _by_alias(client, name, CHAMPION)
+        if alias == CHAMPION and (holder is None or str(holder.version) != version):
+            # another writer without this lock (a remote store) moved the alias meanwhile
+            alias = CHALLENGER
+            client.set_registered_model_alias(name, alias, version)
+            decision = dataclasses.replace(
+                decision,
+                reason=f"version {holder.version if holder else '?'} took champion at the "
+                "same time; this one stays challenger",
+            )
+        promotion = {
+            "decision": alias,
+            "metric": test_metric_name,
+            "new_value": repr(float(new_test_value)),
+            "champion_version": champion_version or "none",
+            "champion_value": repr(decision.champion_value)
+            if decision.champion_value is not None
+            else "none",
+            "compared": decision.compared,
+            "min_improvement": repr(float(min_improvement)),
+            "reason": decision.reason,
+        }
+        for key, value in promotion.items():
+            client.set_model_version_tag(name, version, f"{PROMOTION_PREFIX}{key}", value)
     return RegistryOutcome(
         model_name=name,
         version=version,
