@@ -74,6 +74,31 @@ def resolve_store(cfg: TrackingConfig, root: Path) -> Store:
     return Store(uri, artifacts.as_uri() if local is not None else None, cfg.experiment)
 
 
+class StoreMismatch(ValueError):
+    """The tracking store is not the one the study was trained into."""
+
+
+def require_run(store: Store, run_id: str) -> None:
+    """Check, creating nothing, that the store holds the run (the study's parent run), so
+    that a missing or other store fails before anything is written to its registry.
+
+    Raises:
+        StoreMismatch: no store at a local URI, or no such run in it.
+    """
+    hint = (
+        f"the study run {run_id} that `myelomet train` opened is not in {store.tracking_uri}; "
+        "restore mlruns/ or set MLFLOW_TRACKING_URI to the store training used (or run "
+        "`myelomet train` again); nothing was registered"
+    )
+    database = store.tracking_uri.removeprefix("sqlite:///")
+    if database != store.tracking_uri and not Path(database).is_file():
+        raise StoreMismatch(hint)
+    try:
+        MlflowClient(store.tracking_uri).get_run(run_id)
+    except MlflowException:
+        raise StoreMismatch(hint) from None
+
+
 def connect(store: Store) -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment.
 

@@ -39,6 +39,11 @@ def write_metrics(cfg: Config, results: EvaluationResults) -> dict[str, Path]:
     return write_outputs(results, cfg.path(cfg.evaluation.reports_out))
 
 
+@task(name="check-tracking-store", **_TASK)
+def check_store(cfg: Config, parent_run_id: str) -> None:
+    tracking.require_run(tracking.resolve_store(cfg.tracking, cfg.root), parent_run_id)
+
+
 @task(name="register-and-promote", **_TASK)
 def register(cfg: Config, results: EvaluationResults, parent_run_id: str) -> RegistryOutcome:
     return registry.register_selected(cfg, results, parent_run_id)
@@ -98,6 +103,7 @@ def evaluate(params: str = "params.yaml") -> dict[str, Any]:
     backbones = list(cfg.training.backbones)
     study_file = cfg.path(cfg.training.models_out) / STUDY_FILE
     parent_run_id = json.loads(study_file.read_text())["parent_run_id"]
+    check_store(cfg, parent_run_id)
     results = score(cfg, backbones)
     paths = write_metrics(cfg, results)
     outcome = register(cfg, results, parent_run_id)

@@ -141,3 +141,19 @@ def test_figures_and_artifacts_are_logged(store, tmp_path):
         run.log_figure(Figure(), "curves.png")
     names = {a.path for a in MlflowClient(store.tracking_uri).list_artifacts(run.run_id)}
     assert names == {"metrics.json", "curves.png"}
+
+
+def test_a_missing_or_other_store_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = tracking.resolve_store(TrackingConfig(experiment="t"), tmp_path / "project")
+    run_id = tracking.start_study(store, "study")
+    tracking.end_study(store, run_id, "FINISHED")
+    tracking.require_run(store, run_id)  # the store training used: fine
+
+    with pytest.raises(tracking.StoreMismatch, match="MLFLOW_TRACKING_URI"):
+        tracking.require_run(store, "0" * 32)  # another study's run
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri sets it
+    moved = tracking.resolve_store(TrackingConfig(experiment="t"), tmp_path / "elsewhere")
+    with pytest.raises(tracking.StoreMismatch, match="nothing was registered"):
+        tracking.require_run(moved, run_id)
+    assert not (tmp_path / "elsewhere").exists()  # no new, empty store was created
