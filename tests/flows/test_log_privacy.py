@@ -8,6 +8,7 @@ import asyncio
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import yaml
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.logging.handlers import APILogHandler
 
 from components import pipeline
 from flows.study import run_stage
@@ -40,6 +42,17 @@ async def _logs(flow_run_id) -> list[str]:
     return [entry.message for entry in logs]
 
 
+def _server_logs(flow_run_id, expected: str) -> list[str]:
+    """The run's logs once the server has them (they are sent in the background)."""
+    APILogHandler().flush()
+    deadline = time.monotonic() + 30
+    while True:
+        messages = asyncio.run(_logs(flow_run_id))
+        if any(expected in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.5)
+
+
 def test_the_study_flow_logs_no_identifying_folder_or_file_name(tmp_path, monkeypatch):
     root = tmp_path / "project"
     shutil.copytree(REPO / "components", root / "components")
@@ -60,7 +73,7 @@ def test_the_study_flow_logs_no_identifying_folder_or_file_name(tmp_path, monkey
     state = _ingest_only(str(root), return_state=True)
     assert state.is_completed()
     stage_log = pipeline.stage_log_path(root, "ingest").read_text()
-    server_logs = asyncio.run(_logs(state.state_details.flow_run_id))
+    server_logs = _server_logs(state.state_details.flow_run_id, "1 files rejected")
     assert "1 files rejected" in stage_log  # the reject was reported, by its pseudonym
     assert any("1 files rejected" in line for line in server_logs)
     for sink, text in (("stage log", stage_log), ("Prefect server", "\n".join(server_logs))):
