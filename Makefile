@@ -19,10 +19,17 @@ export MPLCONFIGDIR ?= $(CACHE)/matplotlib
 export KERAS_HOME ?= $(CACHE)/keras
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export DVC_SITE_CACHE_DIR ?= $(CACHE)/dvc
+# A local Ray cluster (training.executor: ray, and its test) wants an auth token; without
+# this one it writes ~/.ray/auth_token.
+export RAY_AUTH_TOKEN_PATH ?= $(CACHE)/ray/auth_token
 
 .PHONY: install demo test lint
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(RAY_AUTH_TOKEN_PATH)
+
+$(RAY_AUTH_TOKEN_PATH):
+	@mkdir -p $(dir $@)
+	@umask 077 && $(PYTHON) -c 'import secrets; import sys; sys.stdout.write(secrets.token_hex(32))' > $@
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
