@@ -222,8 +222,9 @@ def _jax_step(
     model: keras.Model, optimizer: Any, loss_fn: Callable[[Any, Any, Any], Any]
 ) -> Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, np.ndarray]]:
     import jax
+    import keras
 
-    if keras_policy_is_float16():
+    if keras.config.dtype_policy().compute_dtype == "float16":
         raise ValueError(
             "mixed float16 needs loss scaling, which runs on TensorFlow; on JAX "
             "set training.mixed_precision: bfloat16 (or auto)"
@@ -255,12 +256,6 @@ def _jax_step(
         return float(loss), np.asarray(outputs)
 
     return run
-
-
-def keras_policy_is_float16() -> bool:
-    import keras
-
-    return keras.config.dtype_policy().compute_dtype == "float16"
 
 
 def input_gradient(fn: Callable[[Any], Any], x: np.ndarray) -> np.ndarray:
