@@ -58,6 +58,7 @@ class IngestConfig(_Frozen):
     out: str = "data/processed"
     key_env: str = "MYELOMET_DEID_KEY"
     key_file: str = ".myelomet/deid.key"
+    max_frame_pixels: int = Field(4096 * 4096, ge=1)
 
 
 class InputConfig(_Frozen):
