@@ -18,6 +18,7 @@ import json
 import math
 import os
 import socket
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -493,6 +494,25 @@ def custom_objects() -> dict[str, type]:
     return {"BackbonePreprocess": BackbonePreprocess}
 
 
+class ModelFileError(ValueError):
+    """A saved model that cannot be read: missing, truncated, or not a Keras archive."""
+
+
 def load_model(path: Path) -> keras.Model:
-    """Load a model saved by training (`model.keras`)."""
-    return keras.saving.load_model(path, custom_objects=custom_objects())
+    """Load a model saved by training (`model.keras`).
+
+    Raises:
+        ModelFileError: the file is missing, truncated or not a model of this project; the
+            message names the file and what to do.
+    """
+    path = Path(path)
+    restore = "restore it (`dvc checkout`, or download the MLflow artifact again) or retrain"
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file; {restore}")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is truncated or not a .keras archive; {restore}")
+    try:
+        return keras.saving.load_model(path, custom_objects=custom_objects())
+    except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFileError(f"{path} cannot be loaded ({first_line}); {restore}") from exc

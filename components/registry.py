@@ -23,6 +23,7 @@ import fcntl
 import json
 import math
 import os
+import pickle
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -42,6 +43,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
+from components.backbones import ModelFileError
 from components.config import Config, Window
 from components.evaluation import LEVELS, EvaluationResults, parse_metric_name
 from components.metrics import (
@@ -544,9 +546,17 @@ def load_predictor(model_uri: str) -> Predictor:
 
     Raises:
         MlflowException: no model at the URI.
+        ModelFileError: a file of the logged model is damaged (python_model.pkl, model.keras).
         TypeError: the model is not a myelomet pyfunc.
     """
-    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    try:
+        model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
+        raise ModelFileError(
+            f"python_model.pkl of {model_uri} cannot be unpickled ({type(exc).__name__}: {exc}); "
+            "the logged model is damaged or was saved by another version of myelomet: "
+            "download it again or register a new one with `myelomet evaluate`"
+        ) from exc
     predictor = getattr(model, "predictor", None)
     if not isinstance(predictor, Predictor):
         raise TypeError(f"{model_uri} is not a myelomet model (no serving Predictor inside)")
@@ -696,6 +706,9 @@ def predict_main(paths: list[str], model_uri: str, tracking_uri: str) -> int:
     mlflow.set_tracking_uri(tracking_uri)
     try:
         predictor = load_predictor(model_uri)
+    except ModelFileError as exc:
+        print(f"myelomet predict: error: {exc}", file=sys.stderr)
+        return 2
     except (MlflowException, OSError, TypeError) as exc:
         message = exc.message if isinstance(exc, MlflowException) else str(exc)
         print(

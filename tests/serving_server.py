@@ -1,4 +1,5 @@
-"""`mlflow models serve` on 127.0.0.1 for tests and benchmarks: started, awaited, stopped."""
+"""`mlflow models serve` on 127.0.0.1 for tests and benchmarks: the tiny test model registered
+as the champion, the server started, awaited, stopped."""
 
 from __future__ import annotations
 
@@ -14,10 +15,44 @@ from pathlib import Path
 
 import requests
 
+from components import registry, tracking
+from tests.model_factory import BACKBONE, CLASSES, POSITIVE, WINDOWS, tiny_model, write_models_dir
 from tests.tool_env import project_env
 
+CHAMPION = "models:/myelomet@champion"
+CHAMPION_THRESHOLD = 0.4
 STARTUP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 20
+
+
+def register_tiny_champion(root: Path, experiment: str = "serve-test") -> str:
+    """Log tests.model_factory's tiny model and register it as CHAMPION (slice threshold
+    CHAMPION_THRESHOLD) in a new SQLite store under `root`, whatever MLFLOW_TRACKING_URI says.
+
+    Returns:
+        The store's tracking URI, for the server's MLFLOW_TRACKING_URI.
+    """
+    mlruns = root / "mlruns"
+    store = tracking.Store(
+        f"sqlite:///{mlruns / 'mlflow.db'}", (mlruns / "artifacts").as_uri(), experiment
+    )
+    models_dir = write_models_dir(root, tiny_model())
+    study = tracking.start_study(store, "serve")
+    logged = registry.log_candidate(
+        store,
+        study,
+        BACKBONE,
+        [BACKBONE],
+        models_dir,
+        WINDOWS,
+        CLASSES,
+        POSITIVE,
+        {"slice": CHAMPION_THRESHOLD},
+    )
+    registry.register_and_promote(
+        store, logged.model_uri, "myelomet", logged.tags, "patient_auc", 0.8, None, 0.0
+    )
+    return store.tracking_uri
 
 
 def free_port() -> int:

@@ -10,11 +10,14 @@ import mlflow
 import pytest
 import requests
 
-from components import registry, tracking
-from components.config import TrackingConfig
+from components import registry
 from tests.dicom_factory import stored_pixels, write_plain
-from tests.model_factory import BACKBONE, CLASSES, POSITIVE, WINDOWS, tiny_model, write_models_dir
-from tests.serving_server import mlflow_model_server
+from tests.serving_server import (
+    CHAMPION,
+    CHAMPION_THRESHOLD,
+    mlflow_model_server,
+    register_tiny_champion,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -25,28 +28,13 @@ REQUEST_LIMIT = 100_000  # MYELOMET_MAX_REQUEST_BYTES of the server under test
 def served(tmp_path_factory):
     """(URL of the server, the same model loaded in this process)."""
     root = tmp_path_factory.mktemp("serve")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        store = tracking.resolve_store(TrackingConfig(experiment="serve-test"), root)
-    models_dir = write_models_dir(root, tiny_model())
-    study = tracking.start_study(store, "serve")
-    logged = registry.log_candidate(
-        store, study, BACKBONE, [BACKBONE], models_dir, WINDOWS, CLASSES, POSITIVE, {"slice": 0.4}
-    )
-    registry.register_and_promote(
-        store, logged.model_uri, "myelomet", logged.tags, "patient_auc", 0.8, None, 0.0
-    )
-    env = {
-        "MLFLOW_TRACKING_URI": store.tracking_uri,
-        registry.MAX_REQUEST_BYTES_ENV: str(REQUEST_LIMIT),
-    }
+    tracking_uri = register_tiny_champion(root)
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, registry.MAX_REQUEST_BYTES_ENV: str(REQUEST_LIMIT)}
     workdir = root / "elsewhere"
     workdir.mkdir()
-    with mlflow_model_server(
-        "models:/myelomet@champion", env, cwd=workdir, log=root / "server.log"
-    ) as url:
-        mlflow.set_tracking_uri(store.tracking_uri)
-        yield url, mlflow.pyfunc.load_model("models:/myelomet@champion")
+    with mlflow_model_server(CHAMPION, env, cwd=workdir, log=root / "server.log") as url:
+        mlflow.set_tracking_uri(tracking_uri)
+        yield url, mlflow.pyfunc.load_model(CHAMPION)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +61,7 @@ def test_a_dicom_as_base64_gets_the_in_process_prediction(served, dicom_file):
     assert set(row) == {"file", "frame", "p_mm", "label", "threshold", "error"}
     assert row["file"] == "slice.dcm" and row["error"] is None and row["frame"] is None
     assert row["p_mm"] == pytest.approx(expected["p_mm"], rel=1e-4)
-    assert (row["label"], row["threshold"]) == (expected["label"], 0.4)
+    assert (row["label"], row["threshold"]) == (expected["label"], CHAMPION_THRESHOLD)
 
 
 def test_records_with_a_bad_item_still_predict_the_good_one(served, dicom_file):

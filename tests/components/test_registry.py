@@ -304,6 +304,27 @@ def test_predict_main_prints_one_json_line_per_slice(store, logged, ct_files, tm
     assert "cannot load models:/nothing@champion" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage", ["pickle", "keras"])
+def test_a_damaged_model_is_one_line_naming_the_file(
+    store, logged, ct_files, tmp_path, capsys, damage
+):
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
+    capsys.readouterr()
+    if damage == "pickle":
+        broken = local / "python_model.pkl"
+        broken.write_bytes(broken.read_bytes()[:40])
+    else:
+        broken = local / "artifacts" / "model.keras"
+        broken.write_bytes(broken.read_bytes()[:2000])
+
+    code = registry.predict_main([str(ct_files[0])], str(local), store.tracking_uri)
+
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("myelomet predict: error:")]
+    assert code == 2 and len(ours) == 1 and "Traceback" not in err
+    assert broken.name in ours[0] and ("myelomet evaluate" in ours[0] or "retrain" in ours[0])
+
+
 def test_log_candidate_needs_the_training_outputs_of_every_member(store, study, models_dir):
     with pytest.raises(FileNotFoundError, match="run `myelomet train` for MobileNet"):
         registry.log_candidate(
