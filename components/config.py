@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from components.metrics import parse_metric_name
 
 
 class _Frozen(BaseModel):
@@ -261,6 +270,12 @@ class EvaluationConfig(_Frozen):
     registered_model: str = "myelomet"
     min_improvement: float = Field(0.0, ge=0)
     reports_out: str = "reports"
+
+    @field_validator("select_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        parse_metric_name(value)
+        return value
 
 
 class Config(_Frozen):

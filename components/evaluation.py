@@ -29,19 +29,19 @@ import numpy as np
 import pandas as pd
 
 from components.metrics import (
-    ALL_METRICS,
+    LEVELS,
     LOWER_IS_BETTER,
     Estimate,
     aggregate_patients,
     bootstrap_metrics,
     compare_auc,
+    parse_metric_name,
     reliability_curve,
     roc_curve,
     youden_threshold,
 )
 from components.training import probability_column
 
-LEVELS = ("slice", "patient")
 SPLITS = ("val", "test")
 ENSEMBLE = "ensemble"
 PREDICTION_COLUMNS = ("image_id", "patient", "label", "split", "p")
@@ -110,21 +110,6 @@ class EvaluationResults:
     comparisons: tuple[Comparison, ...]
     n_bootstrap: int
     confidence: float
-
-
-def parse_metric_name(name: str) -> tuple[str, str]:
-    """Split `<level>_<metric>` (e.g. `patient_auc`, `slice_f1`) into level and metric.
-
-    Raises:
-        ValueError: the level is not one of LEVELS or the metric not one of ALL_METRICS.
-    """
-    level, _, metric = name.partition("_")
-    if level not in LEVELS or metric not in ALL_METRICS:
-        raise ValueError(
-            f"metric name {name!r} is not '<level>_<metric>' with level in {list(LEVELS)} "
-            f"and metric in {list(ALL_METRICS)}; e.g. 'patient_auc'"
-        )
-    return level, metric
 
 
 def load_predictions(

@@ -45,12 +45,14 @@ from mlflow.types.schema import ColSpec, Schema
 
 from components.backbones import ModelFileError
 from components.config import Config, Window
-from components.evaluation import LEVELS, EvaluationResults, parse_metric_name
+from components.evaluation import EvaluationResults
 from components.metrics import (
     ALL_METRICS,
+    LEVELS,
     LOWER_IS_BETTER,
     THRESHOLD_METRICS,
     aggregate_patients,
+    parse_metric_name,
     resampled_metrics,
 )
 from components.serving import MemberSpec, Predictor, ServingSpec

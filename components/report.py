@@ -25,15 +25,13 @@ from matplotlib.ticker import MaxNLocator
 
 from components.evaluation import (
     ENSEMBLE,
-    LEVELS,
     EvaluationResults,
     calibration_plot_data,
     comparisons_table,
     confusion_plot_data,
-    parse_metric_name,
     roc_plot_data,
 )
-from components.metrics import METRICS, Estimate
+from components.metrics import LEVELS, METRICS, Estimate, parse_metric_name
 
 # Table 2 of Şimşek MK, Çetinoğlu YK, Bırcan R, Balcı A. Differentiating multiple myeloma and
 # osteolytic bone metastasis on spinal CT scan: a comprehensive study using convolutional

@@ -33,6 +33,8 @@ def _write(tmp_path: Path, data: dict) -> Path:
         ({"training": {"overrides": {"VGG19": {"epochs": 3}}}}, "overrides.VGG19: unknown"),
         ({"training": {"overrides": {"VGG16": {"seed": 3}}}}, r"\['seed'\] cannot differ"),
         ({"training": {"overrides": {"VGG16": {"epochs": 0}}}}, "epochs"),
+        ({"evaluation": {"select_metric": "patient_acu"}}, "(?s)select_metric.*e.g. 'patient_auc'"),
+        ({"ingest": {"max_frame_pixels": 0}}, "max_frame_pixels"),
     ],
 )
 def test_bad_params_fail_with_a_message_naming_the_key(tmp_path, data, message):

@@ -12,7 +12,6 @@ import pytest
 
 from components.evaluation import (
     ENSEMBLE,
-    LEVELS,
     PREDICTION_COLUMNS,
     SPLITS,
     CandidateResult,
@@ -22,13 +21,19 @@ from components.evaluation import (
     ensemble_predictions,
     evaluate,
     load_predictions,
-    parse_metric_name,
     rank_candidates,
     roc_plot_data,
     select_best,
     to_metrics_json,
 )
-from components.metrics import ALL_METRICS, Estimate, aggregate_patients, youden_threshold
+from components.metrics import (
+    ALL_METRICS,
+    LEVELS,
+    Estimate,
+    aggregate_patients,
+    parse_metric_name,
+    youden_threshold,
+)
 
 CLASSES = ("MM", "OMBT")
 N_BOOT = 200
