@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import math
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 BACKBONE_TAG = "backbone"
 KIND_TAG = "myelomet.kind"
+OWNER_TAG = "myelomet.owner"
 PARENT_TAG = "mlflow.parentRunId"
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 
@@ -167,8 +169,12 @@ def start_study(
     params: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
     root: Path | None = None,
+    owner: str | None = None,
 ) -> str:
     """Open the parent run of a study and leave it running for the backbone runs.
+
+    Study runs left RUNNING by a process of this machine that is gone (killed, say) are
+    closed first as KILLED, with their RUNNING backbone runs.
 
     Args:
         store: where to log.
@@ -176,13 +182,17 @@ def start_study(
         params: logged flattened.
         tags: extra tags.
         root: project root, for the git commit tag.
+        owner: `process_identity()` of the process that will end the study; this one's by
+            default.
 
     Returns:
         The parent run id, to pass to `backbone_run` (in any process) and `end_study`.
     """
     experiment_id = connect(store)
     client = MlflowClient(store.tracking_uri)
-    all_tags = {KIND_TAG: "study", **(tags or {})}
+    for stale in close_stale_studies(store, experiment_id):
+        log.warning("study run %s was left RUNNING by a process that is gone: marked KILLED", stale)
+    all_tags = {KIND_TAG: "study", OWNER_TAG: owner or process_identity(), **(tags or {})}
     commit = git_commit(root) if root is not None else None
     if commit:
         all_tags["git_commit"] = commit
@@ -190,6 +200,63 @@ def start_study(
     for key, value in flatten(params or {}).items():
         client.log_param(run.info.run_id, key, value)
     return run.info.run_id
+
+
+def process_identity(pid: int | None = None) -> str:
+    """`host:pid:start` of a process (this one by default); `start` is its start time in
+    clock ticks since boot where /proc has it, so that a reused pid is not mistaken for it."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rpartition(")")[2].split()[19]  # field 22, counted after the command name
+
+
+def _is_gone(identity: str) -> bool:
+    """Whether the process named by `process_identity` has ended; False where unknown
+    (another host, or no such tag)."""
+    parts = identity.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or parts[0] != socket.gethostname():
+        return False
+    pid, start = int(parts[1]), parts[2]
+    if start:
+        return _start_ticks(pid) != start
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def close_stale_studies(store: Store, experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING study runs whose owning process is gone, and their RUNNING
+    backbone runs; returns the study run ids closed."""
+    client = MlflowClient(store.tracking_uri)
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{KIND_TAG}` = 'study' and attributes.status = 'RUNNING'",
+    )
+    closed = []
+    for run in running:
+        if not _is_gone(run.data.tags.get(OWNER_TAG, "")):
+            continue
+        children = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{run.info.run_id}' "
+            "and attributes.status = 'RUNNING'",
+        )
+        for stale in [*children, run]:
+            client.set_tag(stale.info.run_id, "myelomet.closed_by", "next study start")
+            client.set_terminated(stale.info.run_id, "KILLED")
+        closed.append(run.info.run_id)
+    return closed
 
 
 def end_study(store: Store, run_id: str, status: RunStatus = "FINISHED") -> None:

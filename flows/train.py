@@ -77,8 +77,9 @@ def train_backbone(
 
 
 @task(name="start-study", cache_policy=NO_CACHE, persist_result=False)
-def start_study(cfg: Config, names: list[str]) -> str:
-    """Open the study's MLflow parent run and record its id beside the models."""
+def start_study(cfg: Config, names: list[str], owner: str) -> str:
+    """Open the study's MLflow parent run, owned by the flow's process (`owner`, so that a
+    killed flow's run is closed by the next one), and record its id beside the models."""
     store = tracking.resolve_store(cfg.tracking, cfg.root)
     run_id = tracking.start_study(
         store,
@@ -86,6 +87,7 @@ def start_study(cfg: Config, names: list[str]) -> str:
         params={"training": cfg.training.model_dump(mode="json"), "split": cfg.split.model_dump()},
         tags={"backbones": ",".join(names)},
         root=cfg.root,
+        owner=owner,
     )
     models = cfg.path(cfg.training.models_out)
     models.mkdir(parents=True, exist_ok=True)
@@ -123,7 +125,7 @@ def train(params: str = "params.yaml", backbones: list[str] | None = None) -> di
     gpus = visible_gpus()
     if gpus:  # on a CPU params.yaml's order stands (the demo's is tuned for two at a time)
         names = slowest_first(names)
-    parent_run_id = start_study(cfg, names)
+    parent_run_id = start_study(cfg, names, tracking.process_identity())
     pool = _device_pool(cfg, gpus, len(names))
     step = train_backbone.with_options(retries=cfg.training.retries)
     futures = {}

@@ -1,4 +1,6 @@
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -9,6 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from components import tracking
 from components.config import TrackingConfig
+from tests.tool_env import project_env
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -93,6 +98,45 @@ def test_study_with_a_backbone_child_run(store, tmp_path):
     assert finished.data.tags["failed_backbones"] == ""
     assert finished.data.metrics == {"test_auc": 0.9}
     assert [a.path for a in client.list_artifacts(parent, "study")] == ["study/study.html"]
+
+
+KILLED_STUDY = """
+import os, signal, sys
+from components import tracking
+from components.config import TrackingConfig
+store = tracking.resolve_store(TrackingConfig(experiment="test"), sys.argv[1])
+parent = tracking.start_study(store, "killed")
+run = tracking.backbone_run(store, "VGG16", parent_run_id=parent, system_metrics=False)
+run.__enter__()
+print(parent, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_study_whose_process_was_killed_is_closed_by_the_next_one(store, tmp_path):
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_STUDY, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=project_env(),
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    dead = killed.stdout.split()[-1]
+    client = MlflowClient(store.tracking_uri)
+    assert client.get_run(dead).info.status == "RUNNING"
+
+    live = tracking.start_study(store, "live")
+    elsewhere = tracking.start_study(store, "elsewhere", owner="other-host:1:1")
+    tracking.start_study(store, "next")
+
+    assert client.get_run(dead).info.status == "KILLED"
+    child = client.search_runs(
+        [client.get_run(dead).info.experiment_id], f"tags.`{tracking.PARENT_TAG}` = '{dead}'"
+    )
+    assert [c.info.status for c in child] == ["KILLED"]
+    assert client.get_run(live).info.status == client.get_run(elsewhere).info.status == "RUNNING"
 
 
 def test_a_run_can_be_reopened_and_fails_on_error(store):
