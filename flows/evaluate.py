@@ -11,13 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_client, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.settings import get_current_settings
 
 from components import registry, study, tracking
 from components.config import Config, load_config
@@ -26,6 +31,7 @@ from components.report import RegistryOutcome, results_markdown, write_study_rep
 from flows.train import STUDY_FILE
 
 ARTIFACT_KEY = "study-results"
+PROMOTION_LIMIT_PREFIX = "myelomet-promotion-"
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
@@ -46,7 +52,21 @@ def check_store(cfg: Config, parent_run_id: str) -> None:
 
 @task(name="register-and-promote", **_TASK)
 def register(cfg: Config, results: EvaluationResults, parent_run_id: str) -> RegistryOutcome:
-    return registry.register_selected(cfg, results, parent_run_id)
+    with promotion_slot(cfg.evaluation.registered_model):
+        return registry.register_selected(cfg, results, parent_run_id)
+
+
+def promotion_slot(model_name: str) -> AbstractContextManager[None]:
+    """One promotion of `model_name` at a time among the flows of one Prefect server: a
+    global concurrency limit of 1 (created on first use) where PREFECT_API_URL names a
+    server. The registry's own file lock covers processes that share a local store; this
+    covers machines that share a tracking server. Without a server, nothing."""
+    if not get_current_settings().api.url:
+        return nullcontext()
+    name = f"{PROMOTION_LIMIT_PREFIX}{model_name}"
+    with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    return concurrency(name, occupy=1, strict=True)
 
 
 @task(name="grad-cam", **_TASK)
