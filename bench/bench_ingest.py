@@ -1,4 +1,5 @@
-"""Ingest throughput against a bare pydicom read of the same files, measured in one run.
+"""Ingest throughput against a bare pydicom read of the same files, measured in one run,
+and the peak memory of ingesting one large multi-frame file.
 
 Writes N uncompressed 512x512 CT slices (explicit VR little endian) into a temporary
 folder laid out as <root>/<CLASS>/<patient>/, then times, on the same files:
@@ -8,16 +9,23 @@ folder laid out as <root>/<CLASS>/<patient>/, then times, on the same files:
 Each is run `--rounds` times, alternating, and the best round is reported, e.g.
 `ingest 412 slices/s; bare read 980 slices/s; ingest/bare = 0.42`.
 
-Usage: python bench/bench_ingest.py [--n 400] [--rounds 2]
+Then it writes one multi-frame file of `--frames` such frames (300: 150 MiB) and reports the
+peak memory ingest allocates for it (Python and NumPy allocations, traced), e.g.
+`multi-frame file 150 MiB (300 frames): ingest peak 6 MiB`; it reads frame by frame, so
+the peak stays about one frame's worth whatever the file size.
+
+Usage: python bench/bench_ingest.py [--n 400] [--rounds 2] [--frames 300]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import struct
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -66,11 +74,16 @@ def _slice(pixels: np.ndarray, patient: str, series_uid: str, index: int) -> Dat
     return ds
 
 
+def _body() -> np.ndarray:
+    """True inside the patient's outline."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    return (yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 < (SIZE / 2.3) ** 2
+
+
 def write_slices(root: Path, n: int, per_patient: int = 40, seed: int = 0) -> list[Path]:
     """Write n CT slices as <root>/<CLASS>/<patient>/<i>.dcm; return their paths."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    body = (yy - SIZE / 2) ** 2 + (xx - SIZE / 2) ** 2 < (SIZE / 2.3) ** 2
+    body = _body()
     paths = []
     series_uid = ""
     for i in range(n):
@@ -88,6 +101,22 @@ def write_slices(root: Path, n: int, per_patient: int = 40, seed: int = 0) -> li
     return paths
 
 
+def write_volume(root: Path, frames: int) -> Path:
+    """Write one multi-frame CT as <root>/MM/<patient>/volume.dcm, frame by frame."""
+    frame = np.where(_body(), 1064, 24).astype("<i2")
+    ds = _slice(frame, "P9999", generate_uid(), 0)
+    ds.NumberOfFrames = frames
+    del ds.PixelData
+    path = root / CLASSES[0] / "P9999" / "volume.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    with path.open("ab") as f:  # the Pixel Data element, written by hand: OW, 32-bit length
+        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, frames * frame.nbytes))
+        for _ in range(frames):
+            f.write(frame.tobytes())
+    return path
+
+
 def bare_read(paths: list[Path]) -> float:
     """Seconds to dcmread and decode every file."""
     start = time.perf_counter()
@@ -103,10 +132,23 @@ def run_ingest(root: Path, out: Path) -> tuple[float, int]:
     return time.perf_counter() - start, summary.n_slices
 
 
+def ingest_peak(root: Path, out: Path) -> int:
+    """Peak bytes allocated (Python and NumPy, traced) by a full ingest."""
+    tracemalloc.start()
+    try:
+        ingest(root, out, CLASSES, KEY, progress=False)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=400, help="number of slices (default 400)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
+    parser.add_argument(
+        "--frames", type=int, default=300, help="frames of the multi-frame file (default 300)"
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:
@@ -121,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             ingest_best = min(ingest_best, seconds)
         if n_slices != args.n:
             raise RuntimeError(f"ingest wrote {n_slices} slices of {args.n}; see {out}/rejects.csv")
+        volume_root = Path(tmp) / "volume"
+        volume_mib = write_volume(volume_root, args.frames).stat().st_size / 2**20
+        peak_mib = ingest_peak(volume_root, Path(tmp) / "volume_out") / 2**20
 
     ingest_rate = args.n / ingest_best
     bare_rate = args.n / bare_best
@@ -131,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ingest {ingest_rate:.0f} slices/s; bare read {bare_rate:.0f} slices/s; "
         f"ingest/bare = {ingest_rate / bare_rate:.2f}"
+    )
+    print(
+        f"multi-frame file {volume_mib:.0f} MiB ({args.frames} frames): ingest peak "
+        f"{peak_mib:.0f} MiB (Python and NumPy allocations)"
     )
     return 0
 

@@ -1,39 +1,46 @@
 """Read one DICOM file into CT slices in Hounsfield units, or say why it can't be used.
 
-`read_ct` takes a path or the file's bytes and returns a `CtImage`: every frame converted to
-HU with pydicom's modality LUT (rescale slope/intercept, or a Modality LUT Sequence; per frame
-for enhanced multi-frame CT), plus de-identified acquisition attributes per frame. A file
-that can't be used raises `DicomRejected` with one of the `RejectReason` codes and a detail
-sentence that says what to do; the detail never holds a file name or patient data.
+`open_ct` takes a path or the file's bytes and checks the header, Pixel Data left unread;
+`CtFile.slices` then decodes one frame at a time and yields it converted to HU with
+pydicom's modality LUT (rescale slope/intercept, or a Modality LUT Sequence; per frame for
+enhanced multi-frame CT), plus de-identified acquisition attributes, so memory holds about one
+frame whatever the size of the file. `read_ct` collects every frame of a file into a
+`CtImage`, for small inputs. A file that can't be used raises `DicomRejected` with one of the
+`RejectReason` codes and a detail sentence that says what to do; the detail never holds a
+file name or patient data.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import re
 import struct
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.utils import as_pixel_options
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
+
+from components.config import IngestConfig
 
 
 class RejectReason(StrEnum):
@@ -47,6 +54,7 @@ class RejectReason(StrEnum):
     UNSUPPORTED_TRANSFER_SYNTAX = "unsupported_transfer_syntax"
     UNREADABLE = "unreadable"
     BAD_RESCALE = "bad_rescale"
+    FRAME_TOO_LARGE = "frame_too_large"
     # Decided by ingest, not by reading the file:
     NO_LABEL = "no_label"
     UNKNOWN_LABEL = "unknown_label"
@@ -61,6 +69,58 @@ class DicomRejected(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+# Rows x Columns of one frame above which a file is rejected unread: the default of
+# params.yaml ingest.max_frame_pixels (4096 x 4096).
+MAX_FRAME_PIXELS = IngestConfig().max_frame_pixels
+
+
+@dataclass(frozen=True)
+class CtSlice:
+    """One frame of a CT file: int16 HU, shape (rows, columns), and its `FRAME_COLUMNS`."""
+
+    hu: np.ndarray = field(repr=False)
+    attributes: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CtFile:
+    """A CT file whose header passed every check; no pixel of it has been decoded yet.
+
+    `slices` decodes, converts and yields one frame at a time. The three identifiers are PHI:
+    use them only to derive pseudonyms.
+    """
+
+    n_frames: int
+    rows: int
+    columns: int
+    patient_id: str = field(repr=False)
+    sop_instance_uid: str = field(repr=False)
+    series_instance_uid: str = field(repr=False)
+    source: Path | bytes = field(repr=False)
+    header: FileDataset = field(repr=False)
+    transfer_syntax: UID = field(repr=False)
+
+    def slices(self) -> Iterator[CtSlice]:
+        """Each frame in HU with its attributes, in frame order, read from the source.
+
+        Raises:
+            DicomRejected: a frame can't be decoded or gives impossible HU; the file is then
+                unusable as a whole, whatever was yielded before.
+        """
+        ds, tsyntax = self.header, self.transfer_syntax
+        identifiers = _identifiers(ds)
+        with _pixel_stream(self.source, ds) as stream:
+            for i, pixels in enumerate(_decoded_frames(stream, ds, tsyntax, self.n_frames)):
+                lut = _frame_lut(ds, i)
+                hu = _to_hu(pixels, lut, ds)
+                yield CtSlice(
+                    hu,
+                    _frame_attributes(
+                        ds, tsyntax, hu, i, self.n_frames, *_rescale_of(lut), identifiers
+                    ),
+                )
 
 
 @dataclass(frozen=True)
@@ -141,15 +201,58 @@ _INSTALL_HINT = {
 }
 
 
-def read_ct(source: Path | str | bytes) -> CtImage:
-    """Read a CT image file and convert every frame to HU.
+def open_ct(source: Path | str | bytes, max_frame_pixels: int = MAX_FRAME_PIXELS) -> CtFile:
+    """Read and check a CT image file's header; its frames are decoded by `CtFile.slices`.
 
     Accepts any transfer syntax pydicom has a decoder plugin for (uncompressed little or
     big endian, deflated, RLE, JPEG, JPEG-LS, JPEG 2000, HTJ2K) and files without a File
-    Meta header.
+    Meta header. Pixel Data is not read here: a frame over `max_frame_pixels`, a Pixel Data
+    shorter than the header says and an impossible rescale are rejected before it is.
 
     Args:
         source: path of the file, or its bytes.
+        max_frame_pixels: the most Rows x Columns of one frame (params ingest.max_frame_pixels).
+
+    Returns:
+        The checked file, to decode frame by frame.
+
+    Raises:
+        DicomRejected: the file is not a usable greyscale CT image; `reason` says why.
+    """
+    if not isinstance(source, bytes | bytearray | memoryview):
+        source = Path(source)
+    ds = _read(source)
+    _require_pixel_data(ds)
+    _require_ct(ds)
+    _require_greyscale(ds)
+    rows, columns, n_frames = _geometry(ds, max_frame_pixels)
+    tsyntax = _transfer_syntax(ds)
+    _require_decoder(tsyntax)
+    _require_pixel_length(ds, tsyntax, rows * columns * n_frames)
+    for i in range(n_frames):
+        _check_rescale(_rescale_of(_frame_lut(ds, i)))
+    return CtFile(
+        n_frames=n_frames,
+        rows=rows,
+        columns=columns,
+        patient_id=str(ds.get("PatientID", "") or "").strip(),
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or "").strip(),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "") or "").strip(),
+        source=source,
+        header=ds,
+        transfer_syntax=tsyntax,
+    )
+
+
+def read_ct(source: Path | str | bytes, max_frame_pixels: int = MAX_FRAME_PIXELS) -> CtImage:
+    """Read a CT image file and convert every frame to HU, all of them in memory at once.
+
+    For single slices and small files; `open_ct` and `CtFile.slices` go through a large
+    multi-frame file one frame at a time.
+
+    Args:
+        source: path of the file, or its bytes.
+        max_frame_pixels: the most Rows x Columns of one frame (params ingest.max_frame_pixels).
 
     Returns:
         The slices in HU with their de-identified attributes.
@@ -157,30 +260,26 @@ def read_ct(source: Path | str | bytes) -> CtImage:
     Raises:
         DicomRejected: the file is not a usable greyscale CT image; `reason` says why.
     """
-    ds = _read(source)
-    _require_pixel_data(ds)
-    _require_ct(ds)
-    _require_greyscale(ds)
-    tsyntax = _transfer_syntax(ds)
-    _require_decoder(tsyntax)
-    pixels = _decode(ds, tsyntax)
-    hu, rescale = _to_hu(pixels, ds)
-    identifiers = _identifiers(ds)
-    frames = tuple(
-        _frame_attributes(ds, tsyntax, hu[i], i, len(hu), *rescale[i], identifiers)
-        for i in range(len(hu))
-    )
+    ct = open_ct(source, max_frame_pixels)
+    slices = list(ct.slices())
     return CtImage(
-        hu=hu,
-        frames=frames,
-        patient_id=str(ds.get("PatientID", "") or "").strip(),
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or "").strip(),
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "") or "").strip(),
+        hu=np.stack([s.hu for s in slices]),
+        frames=tuple(s.attributes for s in slices),
+        patient_id=ct.patient_id,
+        sop_instance_uid=ct.sop_instance_uid,
+        series_instance_uid=ct.series_instance_uid,
     )
 
 
-def _read(source: Path | str | bytes) -> Dataset:
-    """Parse the file (force=True, so files without a File Meta header are read too)."""
+# Elements larger than this are left in the file until used: Pixel Data is decoded from the
+# file frame by frame, never read whole.
+_DEFER_BYTES = 64 * 1024
+_PIXEL_DATA = 0x7FE00010
+
+
+def _read(source: Path | bytes) -> FileDataset:
+    """Parse the file, large values left unread (force=True, so files without a File Meta
+    header are read too)."""
     if isinstance(source, bytes | bytearray | memoryview):
         fp: Any = io.BytesIO(source)
         size = len(source)
@@ -202,7 +301,7 @@ def _read(source: Path | str | bytes) -> Dataset:
         # pydicom warns about odd values (and may quote them): keep that off the console.
         warnings.simplefilter("always")
         try:
-            ds = pydicom.dcmread(fp, force=True)
+            ds = pydicom.dcmread(fp, force=True, defer_size=_DEFER_BYTES)
         except Exception as exc:
             if not _has_dicm_prefix(source):
                 raise DicomRejected(
@@ -221,6 +320,8 @@ def _read(source: Path | str | bytes) -> Dataset:
                 "re-export it from the PACS",
             ) from None
     hit_eof = any(_mentions_eof(str(w.message)) for w in caught)
+    if ds.buffer is not None:  # what was parsed: the bytes given, or a deflated file inflated
+        size = len(ds.buffer.getvalue())
 
     has_header = ds.preamble is not None or len(ds.file_meta) > 0
     if not has_header and not any(tag in ds for tag in _CORE_TAGS):
@@ -236,7 +337,7 @@ def _read(source: Path | str | bytes) -> Dataset:
     return ds
 
 
-def _has_dicm_prefix(source: Path | str | bytes) -> bool:
+def _has_dicm_prefix(source: Path | bytes) -> bool:
     if isinstance(source, bytes | bytearray | memoryview):
         head = bytes(source[128:132])
     else:
@@ -256,16 +357,19 @@ def _mentions_eof(message: str) -> bool:
 
 
 def _ends_early(ds: Dataset, size: int) -> bool:
-    """True when the last element is cut short, or the header of a next one is (see below)."""
+    """True when the last element is cut short, or the header of a next one is (see below).
+
+    `size` is that of the parsed bytes; a value left unread (deferred) is checked too.
+    """
     tags = sorted(ds.keys())
     if not tags:
         return True
-    last = ds.get_item(tags[-1])
+    last = ds.get_item(tags[-1], keep_deferred=True)
     if not isinstance(last, RawDataElement) or last.length == _UNDEFINED_LENGTH:
         return False
-    if last.value is not None and len(last.value) < last.length:
+    if last.value_tell + last.length > size:
         return True
-    if 0x7FE00010 in ds:
+    if _PIXEL_DATA in ds:
         return False  # stray bytes after complete Pixel Data do no harm
     # 1 to 7 bytes left over: pydicom stops silently on a partial element header.
     left_over = size - (last.value_tell + last.length)
@@ -305,6 +409,30 @@ def _require_greyscale(ds: Dataset) -> None:
         "only greyscale (MONOCHROME1/2) CT carries HU, colour images are usually screenshots "
         "or reformats, leave them out",
     )
+
+
+def _geometry(ds: Dataset, max_frame_pixels: int) -> tuple[int, int, int]:
+    """(rows, columns, frames) of the image, checked before any pixel is read.
+
+    A missing or zero NumberOfFrames means one frame, as pydicom reads it.
+    """
+    rows, columns = _int(ds.get("Rows")), _int(ds.get("Columns"))
+    n_frames = _int(ds.get("NumberOfFrames")) or 1
+    if rows is None or columns is None or rows < 1 or columns < 1 or n_frames < 1:
+        raise DicomRejected(
+            RejectReason.UNREADABLE,
+            f"the header gives {rows} rows, {columns} columns and {n_frames} frames; the "
+            "image attributes are broken, re-export the file from the PACS",
+        )
+    if rows * columns > max_frame_pixels:
+        raise DicomRejected(
+            RejectReason.FRAME_TOO_LARGE,
+            f"one frame is {rows} x {columns} = {rows * columns} pixels, over the limit of "
+            f"{max_frame_pixels} (ingest.max_frame_pixels in params.yaml); a CT slice is "
+            "usually 512 x 512, so check the file's Rows and Columns, and raise the limit only "
+            "if the image is real",
+        )
+    return rows, columns, n_frames
 
 
 def _transfer_syntax(ds: Dataset) -> UID:
@@ -360,40 +488,92 @@ def _require_decoder(tsyntax: UID) -> None:
     )
 
 
-def _decode(ds: Dataset, tsyntax: UID) -> np.ndarray:
-    """All frames as (frames, rows, columns)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pixels = ds.pixel_array
-    except (ValueError, RuntimeError, AttributeError, NotImplementedError) as exc:
-        message = str(exc)
-        if "less than expected" in message:
+def _require_pixel_length(ds: Dataset, tsyntax: UID, n_pixels: int) -> None:
+    """Uncompressed Pixel Data must hold every pixel the header declares (compressed frames
+    are checked as they are decoded)."""
+    pixel_data = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    if tsyntax.is_encapsulated or pixel_data.length == _UNDEFINED_LENGTH:
+        return
+    bits = _int(ds.get("BitsAllocated")) or 0  # missing: the decoder says so
+    if pixel_data.length >= math.ceil(n_pixels * bits / 8):
+        return
+    raise DicomRejected(
+        RejectReason.TRUNCATED,
+        "the Pixel Data is shorter than Rows x Columns x frames needs; the file is "
+        "truncated or its image attributes are wrong, copy it again from the source",
+    )
+
+
+@contextlib.contextmanager
+def _pixel_stream(source: Path | bytes, ds: FileDataset) -> Iterator[BinaryIO]:
+    """The parsed bytes, to decode Pixel Data from: the file itself, or the bytes in memory
+    (those given, or a deflated file inflated by pydicom)."""
+    if ds.buffer is not None:
+        yield io.BytesIO(ds.buffer.getvalue())  # shares the bytes, with its own position
+        return
+    with Path(source).open("rb") as f:
+        yield f
+
+
+def _decoded_frames(
+    stream: BinaryIO, ds: Dataset, tsyntax: UID, n_frames: int
+) -> Iterator[np.ndarray]:
+    """The stored values of each frame, (rows, columns), decoded one at a time."""
+    frames = _pydicom_frames(stream, ds, tsyntax, n_frames)
+    for _ in range(n_frames):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pixels = next(frames)
+        except StopIteration:
             raise DicomRejected(
-                RejectReason.TRUNCATED,
-                "the Pixel Data is shorter than Rows x Columns x frames needs; the file is "
-                "truncated or its image attributes are wrong, copy it again from the source",
+                RejectReason.UNREADABLE,
+                f"the {_syntax_label(tsyntax)} pixel data holds fewer frames than the "
+                f"{n_frames} of NumberOfFrames; re-export the file",
             ) from None
-        if "missing dependencies" in message:
-            hint = _INSTALL_HINT.get(str(tsyntax), "install a decoder plugin for it")
-            raise DicomRejected(
-                RejectReason.UNSUPPORTED_TRANSFER_SYNTAX,
-                f"{_syntax_label(tsyntax)}: no working decoder plugin; {hint}",
-            ) from None
-        raise DicomRejected(
+        except Exception as exc:
+            raise _decode_failure(exc, tsyntax) from None
+        yield pixels
+
+
+def _pydicom_frames(
+    stream: BinaryIO, ds: Dataset, tsyntax: UID, n_frames: int
+) -> Iterator[np.ndarray]:
+    """pydicom's decoder over the Pixel Data value in `stream`, frame by frame."""
+    pixel_data = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    stream.seek(pixel_data.value_tell)
+    # Implicit VR records no VR: pydicom takes OW for it (it matters for big endian only).
+    options = as_pixel_options(
+        ds,
+        number_of_frames=n_frames,
+        pixel_keyword="PixelData",
+        pixel_vr=pixel_data.VR or "OW",
+    )
+    for pixels, _ in get_decoder(tsyntax).iter_array(stream, **options):
+        yield pixels
+
+
+def _decode_failure(exc: Exception, tsyntax: UID) -> DicomRejected:
+    """The rejection of a frame pydicom could not decode."""
+    message = str(exc)
+    if "missing dependencies" in message:
+        hint = _INSTALL_HINT.get(str(tsyntax), "install a decoder plugin for it")
+        return DicomRejected(
+            RejectReason.UNSUPPORTED_TRANSFER_SYNTAX,
+            f"{_syntax_label(tsyntax)}: no working decoder plugin; {hint}",
+        )
+    if isinstance(exc, ValueError | RuntimeError | AttributeError | NotImplementedError):
+        return DicomRejected(
             RejectReason.UNREADABLE,
             f"could not decode the {_syntax_label(tsyntax)} pixel data "
             f"({type(exc).__name__}: {_first_line(message)}); re-export the file or convert it "
             "with `gdcmconv --raw IN OUT`",
-        ) from None
-    except Exception as exc:
-        raise DicomRejected(
-            RejectReason.UNREADABLE,
-            f"could not decode the {_syntax_label(tsyntax)} pixel data "
-            f"({type(exc).__name__}: {_first_line(str(exc))}); re-export the file",
-        ) from None
-    rows, columns = int(ds.Rows), int(ds.Columns)
-    return pixels.reshape(-1, rows, columns)
+        )
+    return DicomRejected(
+        RejectReason.UNREADABLE,
+        f"could not decode the {_syntax_label(tsyntax)} pixel data "
+        f"({type(exc).__name__}: {_first_line(message)}); re-export the file",
+    )
 
 
 def _first_line(message: str, limit: int = 160) -> str:
@@ -401,22 +581,9 @@ def _first_line(message: str, limit: int = 160) -> str:
     return line[:limit]
 
 
-def _to_hu(
-    pixels: np.ndarray, ds: Dataset
-) -> tuple[np.ndarray, list[tuple[float | None, float | None, str]]]:
-    """Apply the modality LUT and round to int16; also (slope, intercept, source) per frame."""
-    n = len(pixels)
-    per_frame = [_frame_lut(ds, i) for i in range(n)] if _has_functional_rescale(ds) else None
-    padding = _padding_mask(pixels, ds)
-    if per_frame is None:
-        _check_rescale(_rescale_of(ds))
-        hu = _rounded(_checked_range(apply_modality_lut(pixels, ds), padding))
-        return hu, [_rescale_of(ds)] * n
-    hu = np.empty(pixels.shape, dtype=np.int16)
-    for i, lut in enumerate(per_frame):
-        _check_rescale(_rescale_of(lut))
-        hu[i] = _rounded(_checked_range(apply_modality_lut(pixels[i], lut), padding[i]))
-    return hu, [_rescale_of(lut) for lut in per_frame]
+def _to_hu(pixels: np.ndarray, lut: Dataset, ds: Dataset) -> np.ndarray:
+    """One frame's modality LUT (`lut`: its rescale attributes), rounded to int16 HU."""
+    return _rounded(_checked_range(apply_modality_lut(pixels, lut), _padding_mask(pixels, ds)))
 
 
 # Hounsfield units a CT file can hold: tissue starts at air (-1000) and dense metal reaches
@@ -491,12 +658,9 @@ def _rescale_of(ds: Dataset) -> tuple[float | None, float | None, str]:
     return None, None, "none"
 
 
-def _has_functional_rescale(ds: Dataset) -> bool:
-    return _functional_item(ds, 0, "PixelValueTransformationSequence") is not None
-
-
 def _frame_lut(ds: Dataset, frame: int) -> Dataset:
-    """The modality LUT attributes of one frame of an enhanced multi-frame image."""
+    """The modality LUT attributes of one frame: those of its functional groups (enhanced
+    multi-frame images), else the dataset itself."""
     item = _functional_item(ds, frame, "PixelValueTransformationSequence")
     if item is None:
         return ds

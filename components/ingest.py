@@ -16,7 +16,7 @@ import contextlib
 import csv
 import os
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,16 @@ import numpy as np
 from tqdm import tqdm
 
 from components.deid import pseudonym
-from components.dicom import FRAME_COLUMNS, REDACTED, DicomRejected, RejectReason, read_ct
+from components.dicom import (
+    FRAME_COLUMNS,
+    MAX_FRAME_PIXELS,
+    REDACTED,
+    CtFile,
+    CtSlice,
+    DicomRejected,
+    RejectReason,
+    open_ct,
+)
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "image_id",
@@ -111,6 +120,16 @@ class IngestSummary:
         return dict(sorted(Counter(str(r.reason) for r in self.rejects).items()))
 
 
+@dataclass(frozen=True)
+class _Owner:
+    """Whose file it is: the patient pseudonym, the label, and in the folder layout the
+    patient folder (`<label>/<folder pseudonym>`)."""
+
+    patient: str
+    label: str
+    folder: str | None = None
+
+
 @dataclass
 class _Accepted:
     rel: str
@@ -128,6 +147,7 @@ def ingest(
     key: bytes,
     labels_csv: Path | None = None,
     progress: bool = True,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
 ) -> IngestSummary:
     """Read every file under `dicom_root` and write the HU slices, manifest and rejects.
 
@@ -136,6 +156,8 @@ def ingest(
     the CSV (`patient_id,label`) row of the file's DICOM PatientID. The patient pseudonym is
     the keyed hash of the PatientID, or of the patient folder name when PatientID is empty.
     A rerun with the same files and key writes the same bytes; stale slices are removed.
+    Files are read one frame at a time, each frame written as it is decoded, so memory holds
+    about one frame whatever the size of a multi-frame file.
 
     Args:
         dicom_root: folder holding the DICOM files.
@@ -144,6 +166,8 @@ def ingest(
         key: the pseudonymisation key (`components.deid.load_key`).
         labels_csv: optional CSV of `patient_id,label`.
         progress: show a progress bar over files.
+        max_frame_pixels: a file whose frames have more Rows x Columns is rejected unread
+            (`frame_too_large`); params ingest.max_frame_pixels.
 
     Returns:
         The summary, including every rejected file's real path for the console.
@@ -172,7 +196,14 @@ def ingest(
     (new / "slices").mkdir(parents=True)
     (new / MARKER).write_text(MARKER_TEXT)
     try:
-        run = _Run(root=root, classes=classes, key=key, labels=labels, staging=new / "slices")
+        run = _Run(
+            root=root,
+            classes=classes,
+            key=key,
+            labels=labels,
+            staging=new / "slices",
+            max_frame_pixels=max_frame_pixels,
+        )
         for path in tqdm(files, desc="ingest", unit="file", disable=not progress):
             run.add(path)
         run.reject_conflicting_labels()
@@ -354,12 +385,14 @@ class _Run:
         key: bytes,
         labels: Mapping[str, str] | None,
         staging: Path,
+        max_frame_pixels: int,
     ) -> None:
         self.root = root
         self.classes = classes
         self.key = key
         self.labels = labels
         self.staging = staging
+        self.max_frame_pixels = max_frame_pixels
         self.accepted: list[_Accepted] = []
         self.rejects: list[tuple[str, Reject]] = []
         self.first_source: dict[str, str] = {}  # image_id -> source of the file that has it
@@ -379,6 +412,10 @@ class _Run:
         ]
         return "/".join(parts)
 
+    def image_id(self, identity: str, frame: int) -> str:
+        """The pseudonym of a frame of a file; `identity` is its SOP Instance UID, else its path."""
+        return self.pseudo(f"{identity}#{frame}", IMAGE_PREFIX, IMAGE_ID_LENGTH)
+
     def reject(self, rel: str, source: str, path: Path, reason: RejectReason, detail: str) -> None:
         self.rejects.append((rel, Reject(source, reason, detail, path)))
 
@@ -387,108 +424,111 @@ class _Run:
         rel, parts = rel_path.as_posix(), rel_path.parts
         source = self.source(parts)
 
-        folder_label, folder = (None, None)
         if self.labels is None:
             problem = self._layout_problem(parts)
             if problem is not None:
                 self.reject(rel, source, path, *problem)
                 return
-            folder_label, folder = parts[0], parts[1]
 
         try:
-            image = read_ct(path)
+            ct = _open(path, self.max_frame_pixels)
+            owner = self._owner(ct, parts)
+            identity = ct.sop_instance_uid or rel
+            duplicate_of = self.first_source.get(self.image_id(identity, 0))
+            rows = [] if duplicate_of is not None else self._write_slices(ct, identity, owner)
         except DicomRejected as exc:
             self.reject(rel, source, path, exc.reason, exc.detail)
             return
-        except Exception as exc:  # one bad file must never stop the run
-            self.reject(
-                rel,
-                source,
-                path,
-                RejectReason.UNREADABLE,
-                f"unexpected {type(exc).__name__} while reading it; check the file opens in a "
-                "DICOM viewer, and report it if it does",
-            )
-            return
 
-        if self.labels is None:
-            assert folder_label is not None and folder is not None
-            label = folder_label
-            patient = self.pseudo(image.patient_id or folder, PATIENT_PREFIX)
-            folder_pseudonym = self.pseudo(folder, PATH_PREFIX)
-            self.patient_folders[patient].add(f"{label}/{folder_pseudonym}")
-            self.folder_patients[f"{label}/{folder_pseudonym}"].add(patient)
-        else:
-            if not image.patient_id:
-                self.reject(
-                    rel,
-                    source,
-                    path,
-                    RejectReason.NO_LABEL,
-                    "the file has no PatientID, and the labels CSV is keyed by PatientID; use "
-                    "the folder layout <root>/<CLASS>/<patient>/ for such files",
-                )
-                return
-            if image.patient_id not in self.labels:
-                self.reject(
-                    rel,
-                    source,
-                    path,
-                    RejectReason.NO_LABEL,
-                    "its PatientID is not in the labels CSV; add a `patient_id,label` row for "
-                    "this patient or remove the file",
-                )
-                return
-            label = self.labels[image.patient_id]
-            patient = self.pseudo(image.patient_id, PATIENT_PREFIX)
-            if label not in self.classes:
-                self.reject(
-                    rel,
-                    source,
-                    path,
-                    RejectReason.UNKNOWN_LABEL,
-                    f"the labels CSV gives its patient the label {label!r}, not one of "
-                    f"{', '.join(self.classes)}; fix the CSV or the classes in params.yaml",
-                )
-                return
-
-        self.patient_labels[patient].add(label)
-        identity = image.sop_instance_uid or rel
-        image_ids = [
-            self.pseudo(f"{identity}#{frame}", IMAGE_PREFIX, IMAGE_ID_LENGTH)
-            for frame in range(len(image.hu))
-        ]
-        if image_ids[0] in self.first_source:
+        self._register(owner)
+        if duplicate_of is not None:
             self.reject(
                 rel,
                 source,
                 path,
                 RejectReason.DUPLICATE,
-                f"same SOP Instance UID as {self.first_source[image_ids[0]]}, which was "
-                "ingested; remove the copy",
+                f"same SOP Instance UID as {duplicate_of}, which was ingested; remove the copy",
             )
             return
+        for row in rows:
+            self.first_source[row["image_id"]] = source
+        self.accepted.append(_Accepted(rel, path, source, owner.patient, owner.label, rows))
 
-        series = (
-            self.pseudo(image.series_instance_uid, SERIES_PREFIX)
-            if image.series_instance_uid
-            else ""
-        )
-        rows = []
-        for image_id, hu, attributes in zip(image_ids, image.hu, image.frames, strict=True):
-            self.first_source[image_id] = source
-            np.save(self.staging / f"{image_id}.npy", hu)
-            rows.append(
-                {
-                    "image_id": image_id,
-                    "patient": patient,
-                    "label": label,
-                    "series": series,
-                    "file": f"slices/{image_id}.npy",
-                    **attributes,
-                }
+    def _owner(self, ct: CtFile, parts: tuple[str, ...]) -> _Owner:
+        """Whose file it is and its label: from the folder layout, or from the labels CSV.
+
+        Raises:
+            DicomRejected: the labels CSV gives the file no label of a class.
+        """
+        if self.labels is None:
+            label, folder = parts[0], parts[1]
+            return _Owner(
+                patient=self.pseudo(ct.patient_id or folder, PATIENT_PREFIX),
+                label=label,
+                folder=f"{label}/{self.pseudo(folder, PATH_PREFIX)}",
             )
-        self.accepted.append(_Accepted(rel, path, source, patient, label, rows))
+        if not ct.patient_id:
+            raise DicomRejected(
+                RejectReason.NO_LABEL,
+                "the file has no PatientID, and the labels CSV is keyed by PatientID; use "
+                "the folder layout <root>/<CLASS>/<patient>/ for such files",
+            )
+        if ct.patient_id not in self.labels:
+            raise DicomRejected(
+                RejectReason.NO_LABEL,
+                "its PatientID is not in the labels CSV; add a `patient_id,label` row for "
+                "this patient or remove the file",
+            )
+        label = self.labels[ct.patient_id]
+        if label not in self.classes:
+            raise DicomRejected(
+                RejectReason.UNKNOWN_LABEL,
+                f"the labels CSV gives its patient the label {label!r}, not one of "
+                f"{', '.join(self.classes)}; fix the CSV or the classes in params.yaml",
+            )
+        return _Owner(patient=self.pseudo(ct.patient_id, PATIENT_PREFIX), label=label)
+
+    def _register(self, owner: _Owner) -> None:
+        """Note the patient's label and folder, for the label conflicts and the warnings."""
+        self.patient_labels[owner.patient].add(owner.label)
+        if owner.folder is not None:
+            self.patient_folders[owner.patient].add(owner.folder)
+            self.folder_patients[owner.folder].add(owner.patient)
+
+    def _write_slices(self, ct: CtFile, identity: str, owner: _Owner) -> list[dict[str, Any]]:
+        """Write each frame of `ct` to staging as it is decoded; return the manifest rows.
+
+        Raises:
+            DicomRejected: a frame can't be used; the slices of the file already written are
+                removed.
+        """
+        series = (
+            self.pseudo(ct.series_instance_uid, SERIES_PREFIX) if ct.series_instance_uid else ""
+        )
+        rows: list[dict[str, Any]] = []
+        try:
+            for frame, piece in enumerate(_slices(ct)):
+                image_id = self.image_id(identity, frame)
+                np.save(self.staging / f"{image_id}.npy", piece.hu)
+                rows.append(
+                    {
+                        "image_id": image_id,
+                        "patient": owner.patient,
+                        "label": owner.label,
+                        "series": series,
+                        "file": f"slices/{image_id}.npy",
+                        **piece.attributes,
+                    }
+                )
+        except DicomRejected:
+            self._unstage(rows)
+            raise
+        return rows
+
+    def _unstage(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Remove the staged slices of these manifest rows."""
+        for row in rows:
+            (self.staging / f"{row['image_id']}.npy").unlink(missing_ok=True)
 
     def _layout_problem(self, parts: tuple[str, ...]) -> tuple[RejectReason, str] | None:
         classes = ", ".join(self.classes)
@@ -530,8 +570,7 @@ class _Run:
             if labels is None:
                 kept.append(item)
                 continue
-            for row in item.rows:
-                (self.staging / f"{row['image_id']}.npy").unlink(missing_ok=True)
+            self._unstage(item.rows)
             self.reject(
                 item.rel,
                 item.source,
@@ -559,6 +598,40 @@ class _Run:
                     f"({_few(patients)}); each is treated as its own patient"
                 )
         return notes
+
+
+def _unexpected(exc: Exception) -> DicomRejected:
+    """A failure no reject reason foresees, as the rejection of the file being read."""
+    return DicomRejected(
+        RejectReason.UNREADABLE,
+        f"unexpected {type(exc).__name__} while reading it; check the file opens in a DICOM "
+        "viewer, and report it if it does",
+    )
+
+
+def _open(path: Path, max_frame_pixels: int) -> CtFile:
+    """`open_ct`, raising only DicomRejected: one bad file must never stop the run."""
+    try:
+        return open_ct(path, max_frame_pixels)
+    except DicomRejected:
+        raise
+    except Exception as exc:
+        raise _unexpected(exc) from None
+
+
+def _slices(ct: CtFile) -> Iterator[CtSlice]:
+    """`ct.slices()`, raising only DicomRejected: one bad file must never stop the run."""
+    frames = ct.slices()
+    while True:
+        try:
+            piece = next(frames)
+        except StopIteration:
+            return
+        except DicomRejected:
+            raise
+        except Exception as exc:
+            raise _unexpected(exc) from None
+        yield piece
 
 
 def _few(values: Iterable[str], limit: int = 5) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 
 from components.config import Window
 from components.dataset import model_input
-from components.dicom import DicomRejected, RejectReason, read_ct
+from components.dicom import MAX_FRAME_PIXELS, DicomRejected, RejectReason, read_ct
 from components.ingest import list_files
 from components.training import probability_column
 from components.training_loop import predict
@@ -170,12 +170,15 @@ class Predictor:
         spec: ServingSpec,
         models: Sequence[keras.Model],
         max_item_bytes: int = MAX_ITEM_BYTES,
+        max_frame_pixels: int = MAX_FRAME_PIXELS,
     ) -> None:
         """
         Args:
             spec: members, classes, positive class and thresholds.
             models: one loaded keras model per member of spec, in the same order.
             max_item_bytes: files or byte strings above this size get an error row.
+            max_frame_pixels: files whose frames have more Rows x Columns get an error row
+                (`frame_too_large`), their pixels unread; as ingest.max_frame_pixels.
 
         Raises:
             ValueError: the models do not match the spec (count, input size, outputs).
@@ -197,11 +200,16 @@ class Predictor:
         self.spec = spec
         self.models = tuple(models)
         self.max_item_bytes = max_item_bytes
+        self.max_frame_pixels = max_frame_pixels
         self._positive = spec.classes.index(spec.positive_class)
 
     @classmethod
     def load(
-        cls, spec: ServingSpec, model_files: Sequence[Path], max_item_bytes: int = MAX_ITEM_BYTES
+        cls,
+        spec: ServingSpec,
+        model_files: Sequence[Path],
+        max_item_bytes: int = MAX_ITEM_BYTES,
+        max_frame_pixels: int = MAX_FRAME_PIXELS,
     ) -> Predictor:
         """Load each member's `model.keras` and compile its inference once.
 
@@ -209,13 +217,16 @@ class Predictor:
             spec: the serving spec.
             model_files: one saved model per member of spec, in the same order.
             max_item_bytes: as in the constructor.
+            max_frame_pixels: as in the constructor.
 
         Raises:
             ValueError: the models do not match the spec.
         """
         from components.backbones import load_model
 
-        predictor = cls(spec, [load_model(Path(f)) for f in model_files], max_item_bytes)
+        predictor = cls(
+            spec, [load_model(Path(f)) for f in model_files], max_item_bytes, max_frame_pixels
+        )
         predictor.warm_up()
         return predictor
 
@@ -252,8 +263,8 @@ class Predictor:
         """Predict every slice of DICOM files given as paths, folders or bytes.
 
         Folders are walked for files (sorted). A file that is not a usable greyscale CT image,
-        or is larger than `max_item_bytes`, gets an error row and the others are still
-        predicted.
+        is larger than `max_item_bytes` or has frames over `max_frame_pixels`, gets an error
+        row and the others are still predicted.
 
         Args:
             sources: file paths, folder paths or file contents.
@@ -282,7 +293,7 @@ class Predictor:
             try:
                 if isinstance(item, DicomRejected):
                     raise item
-                image = read_ct(self._checked(item))
+                image = read_ct(self._checked(item), self.max_frame_pixels)
             except DicomRejected as exc:
                 rows.append({"file": name, "error": str(exc) + _base64_hint(item, exc)})
                 continue

@@ -32,7 +32,14 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
     out = Path(args.out) if args.out else cfg.path(cfg.ingest.out)
     labels = args.labels_csv or cfg.data.labels_csv
     key = load_key(cfg.ingest.key_env, cfg.path(cfg.ingest.key_file))
-    summary = ingest(root, out, cfg.classes, key, labels_csv=cfg.path(labels) if labels else None)
+    summary = ingest(
+        root,
+        out,
+        cfg.classes,
+        key,
+        labels_csv=cfg.path(labels) if labels else None,
+        max_frame_pixels=cfg.ingest.max_frame_pixels,
+    )
     # Real paths name patients' folders: they go to a person at a terminal, never to a log
     # (a pipe is the scheduler's or a stage log's), which gets the pseudonymised source.
     interactive = sys.stderr.isatty()

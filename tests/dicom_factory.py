@@ -23,6 +23,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
     CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
     EnhancedCTImageStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -257,6 +258,13 @@ def write_big_endian(path: Path, **kwargs: Any) -> Written:
     return _save(path, ds, pixels, enforce_file_format=True)
 
 
+def write_deflated(path: Path, **kwargs: Any) -> Written:
+    """Deflated explicit VR little endian: the whole dataset zlib-compressed."""
+    ds = ct_dataset(**kwargs)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    return _save(path, ds, _pixels_of(ds), enforce_file_format=True)
+
+
 def write_no_meta(path: Path, **kwargs: Any) -> Written:
     """Implicit VR little endian with no preamble, no DICM prefix and no File Meta."""
     ds = ct_dataset(**kwargs)
@@ -271,6 +279,34 @@ def write_multiframe(path: Path, frames: int = 3, **kwargs: Any) -> Written:
     pixels = stored_pixels(frames=frames, seed=int(kwargs.pop("seed", 0)))
     ds = ct_dataset(pixels, **kwargs)
     return _save(path, ds, pixels, enforce_file_format=True)
+
+
+def write_large_multiframe(
+    path: Path, frames: int, rows: int = 512, columns: int = 512, **kwargs: Any
+) -> Written:
+    """A multi-frame CT of `frames` uncompressed int16 frames, streamed to disk frame by frame.
+
+    The header is written by pydicom, then the Pixel Data element by hand, so the test that
+    writes a file of hundreds of MB holds one frame in memory. Frame i is the default pattern
+    plus i (stored value), so the frames differ; `large_frame` gives the HU of each.
+    """
+    base = stored_pixels(rows, columns)[0]
+    ds = ct_dataset(base, **kwargs)
+    ds.NumberOfFrames = frames
+    del ds.PixelData
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    with path.open("ab") as f:
+        f.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, frames * base.nbytes))
+        for i in range(frames):
+            f.write((base + i).astype("<i2").tobytes())
+    return Written(path=path, ds=ds)
+
+
+def large_frame(ds: Dataset, frame: int) -> np.ndarray:
+    """The HU of frame `frame` of a `write_large_multiframe` file with header `ds`."""
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    return expected_hu(stored_pixels(rows, columns)[0] + frame, ds)
 
 
 def write_enhanced_ct(

@@ -5,7 +5,14 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEG2000Lossless
 
-from components.dicom import FRAME_COLUMNS, DicomRejected, RejectReason, read_ct
+from components.dicom import (
+    FRAME_COLUMNS,
+    MAX_FRAME_PIXELS,
+    DicomRejected,
+    RejectReason,
+    open_ct,
+    read_ct,
+)
 from tests import dicom_factory as factory
 
 DECODED = [
@@ -14,6 +21,7 @@ DECODED = [
     factory.write_jpeg2000,
     factory.write_jpeg_lossless,
     factory.write_big_endian,
+    factory.write_deflated,
     factory.write_no_meta,
 ]
 
@@ -176,3 +184,79 @@ def test_declared_pixel_padding_is_not_held_to_the_hu_range(tmp_path):
     ds.PixelPaddingValue = -7000
     ds.save_as(written.path, enforce_file_format=True)
     assert read_ct(written.path).hu.min() == -8024
+
+
+def test_a_frame_over_the_limit_is_rejected_before_its_pixels_are_read(tmp_path):
+    written = factory.write_plain(tmp_path / "a.dcm")
+    with pytest.raises(DicomRejected) as caught:
+        read_ct(written.path, max_frame_pixels=64 * 64 - 1)
+    assert caught.value.reason == RejectReason.FRAME_TOO_LARGE
+    assert "64 x 64 = 4096 pixels, over the limit of 4095" in caught.value.detail
+    assert "ingest.max_frame_pixels" in caught.value.detail
+    assert read_ct(written.path, max_frame_pixels=64 * 64).hu.shape == (1, 64, 64)
+
+    # An absurd header over a few bytes of Pixel Data: refused by size, never decoded.
+    ds = written.ds
+    ds.Rows = ds.Columns = 65535
+    ds.save_as(written.path, enforce_file_format=True)
+    with pytest.raises(DicomRejected) as caught:
+        read_ct(written.path.read_bytes())
+    assert caught.value.reason == RejectReason.FRAME_TOO_LARGE
+    assert f"over the limit of {MAX_FRAME_PIXELS}" in caught.value.detail
+
+
+def test_frames_are_decoded_one_at_a_time_and_match_the_whole_file(tmp_path):
+    written = factory.write_large_multiframe(tmp_path / "mf.dcm", frames=4, rows=256, columns=192)
+    ct = open_ct(written.path)
+    assert (ct.n_frames, ct.rows, ct.columns) == (4, 256, 192)
+    # The header holds no pixel: Pixel Data is left in the file until the frames are decoded.
+    assert ct.header.get_item(0x7FE00010, keep_deferred=True).value is None
+    slices = ct.slices()
+    first = next(slices)
+    np.testing.assert_array_equal(first.hu, factory.large_frame(written.ds, 0))
+    assert first.attributes["frame"] == 0 and first.attributes["n_frames"] == 4
+    rest = list(slices)
+    for i, piece in enumerate(rest, start=1):
+        np.testing.assert_array_equal(piece.hu, factory.large_frame(written.ds, i))
+    image = read_ct(written.path.read_bytes())
+    np.testing.assert_array_equal(image.hu, np.stack([first.hu] + [s.hu for s in rest]))
+    assert list(image.frames) == [first.attributes] + [s.attributes for s in rest]
+
+
+def test_impossible_hu_in_a_later_frame_is_found_when_that_frame_is_decoded(tmp_path):
+    written = factory.write_enhanced_ct(tmp_path / "enh.dcm", intercepts=(-1024.0, -1000.0, 9e4))
+    slices = open_ct(written.path).slices()
+    assert next(slices).attributes["rescale_intercept"] == -1024.0
+    next(slices)
+    with pytest.raises(DicomRejected) as caught:
+        next(slices)
+    assert caught.value.reason == RejectReason.BAD_RESCALE
+
+
+@pytest.mark.parametrize(
+    ("change", "reason", "says"),
+    [
+        ({"Rows": 0}, RejectReason.UNREADABLE, "0 rows"),
+        ({"NumberOfFrames": 5}, RejectReason.TRUNCATED, "shorter than Rows x Columns x frames"),
+    ],
+)
+def test_header_that_does_not_fit_the_pixel_data_is_rejected_unread(tmp_path, change, reason, says):
+    written = factory.write_multiframe(tmp_path / "mf.dcm", frames=3)
+    for keyword, value in change.items():
+        setattr(written.ds, keyword, value)
+    written.ds.save_as(written.path, enforce_file_format=True)
+    with pytest.raises(DicomRejected) as caught:
+        open_ct(written.path)
+    assert caught.value.reason == reason
+    assert says in caught.value.detail
+
+
+def test_compressed_pixel_data_with_fewer_frames_than_declared_is_unreadable(tmp_path):
+    written = factory.write_rle(tmp_path / "rle.dcm")
+    written.ds.NumberOfFrames = 3
+    written.ds.save_as(written.path, enforce_file_format=True)
+    ct = open_ct(written.path)
+    with pytest.raises(DicomRejected) as caught:
+        list(ct.slices())
+    assert caught.value.reason == RejectReason.UNREADABLE
+    assert "fewer frames than the 3 of NumberOfFrames" in caught.value.detail

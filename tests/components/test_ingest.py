@@ -1,4 +1,6 @@
 import csv
+import shutil
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -398,3 +400,67 @@ def test_dangling_and_looping_links_are_rejected_as_unreadable(tmp_path):
     assert summary.n_slices == 2
     assert sorted(r.reason for r in summary.rejects) == ["unreadable", "unreadable"]
     assert len(_read_csv(out / "rejects.csv")) == 2
+
+
+def test_a_frame_over_the_limit_is_rejected_and_the_files_beside_it_are_kept(tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "out"
+    big = factory.write_plain(root / "MM" / "p1" / "big.dcm", pixels=np.zeros((80, 80)), seed=1)
+    factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=2)
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=3, phi=OMBT_PHI)
+    summary = ingest(root, out, CLASSES, KEY, progress=False, max_frame_pixels=64 * 64)
+    assert summary.n_slices == 2
+    (reject,) = summary.rejects
+    assert reject.path == big.path and reject.reason == "frame_too_large"
+    assert "80 x 80 = 6400 pixels, over the limit of 4096" in reject.detail
+    (row,) = _read_csv(out / "rejects.csv")
+    assert row["reason"] == "frame_too_large" and row["detail"] == reject.detail
+
+
+def test_a_multiframe_file_is_written_frame_by_frame_as_it_decodes(tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "out"
+    written = factory.write_large_multiframe(
+        root / "MM" / "p1" / "volume.dcm", frames=5, rows=256, columns=256, seed=1
+    )
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    ingest(root, out, CLASSES, KEY, progress=False)
+    rows = [r for r in _read_csv(out / "manifest.csv") if r["label"] == "MM"]
+    assert sorted(int(r["frame"]) for r in rows) == [0, 1, 2, 3, 4]
+    for row in rows:
+        hu = np.load(out / row["file"])
+        np.testing.assert_array_equal(hu, factory.large_frame(written.ds, int(row["frame"])))
+        assert (row["n_frames"], row["rows"], row["columns"]) == ("5", "256", "256")
+        assert (int(row["hu_min"]), int(row["hu_max"])) == (hu.min(), hu.max())
+
+
+def test_a_file_whose_later_frame_fails_leaves_no_slice_and_no_label_behind(tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "out"
+    patient = factory.Phi(patient_id="MRN-TWICE")
+    factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1, phi=patient)
+    bad = factory.write_enhanced_ct(
+        root / "OMBT" / "p1" / "enh.dcm", intercepts=(-1024.0, -1000.0, 9e4), phi=patient
+    )
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    summary = ingest(root, out, CLASSES, KEY, progress=False)
+    assert [(r.path, r.reason) for r in summary.rejects] == [(bad.path, "bad_rescale")]
+    assert summary.slices_per_label == {"MM": 1, "OMBT": 1}  # no conflicting_label for MM
+    assert len(list((out / "slices").iterdir())) == 2
+
+
+def test_peak_memory_stays_about_one_frame_whatever_the_file_size(tmp_path):
+    root, out = tmp_path / "raw", tmp_path / "out"
+    volume = factory.write_large_multiframe(root / "MM" / "p1" / "volume.dcm", frames=300).path
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    size = volume.stat().st_size
+    assert size > 150 * 2**20
+    tracemalloc.start()
+    try:
+        summary = ingest(root, out, CLASSES, KEY, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        shutil.rmtree(root)  # 300 MB with the slices: leave none of it in the pytest temp dirs
+        shutil.rmtree(out)
+    assert summary.n_slices == 301
+    # Reading the whole volume at once peaked at 11 times the file size; a 512x512 frame
+    # is 0.5 MiB stored, 2 MiB as float64 HU.
+    assert peak < size / 10, f"peak {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"

@@ -173,6 +173,13 @@ def test_items_over_the_size_limit_get_an_error_row(model_file, ct_files):
     assert serving.MAX_ITEM_BYTES == 64 * 1024 * 1024
 
 
+def test_a_frame_over_the_pixel_limit_gets_an_error_row(model_file, ct_files):
+    strict = Predictor.load(_spec(BACKBONE), [model_file], max_frame_pixels=64 * 64 - 1)
+    rows = strict.predict_sources([ct_files[0], ct_files[0].read_bytes()])
+    assert all(r["error"].startswith("frame_too_large: ") for r in rows)
+    assert "p_mm" not in rows[0]
+
+
 def test_names_must_match_the_sources(predictor, ct_files):
     with pytest.raises(ValueError, match="2 names for 1 sources"):
         predictor.predict_sources(ct_files[:1], names=["a", "b"])
