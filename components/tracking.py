@@ -25,6 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.config import TrackingConfig
+from components.relocation import check_not_moved
 
 if TYPE_CHECKING:
     import keras
@@ -86,6 +87,7 @@ def require_run(store: Store, run_id: str) -> None:
 
     Raises:
         StoreMismatch: no store at a local URI, or no such run in it.
+        ProjectMoved: the store's artifacts are in another folder (a moved or copied project).
     """
     hint = (
         f"the study run {run_id} that `myelomet train` opened is not in {store.tracking_uri}; "
@@ -99,6 +101,7 @@ def require_run(store: Store, run_id: str) -> None:
         MlflowClient(store.tracking_uri).get_run(run_id)
     except MlflowException:
         raise StoreMismatch(hint) from None
+    check_not_moved(store)
 
 
 def connect(store: Store) -> str:
@@ -106,7 +109,9 @@ def connect(store: Store) -> str:
 
     Raises:
         ValueError: the experiment exists but is deleted.
+        ProjectMoved: the store's artifacts are in another folder (a moved or copied project).
     """
+    check_not_moved(store)
     _, folder = _resolve_local(store.tracking_uri, Path.cwd())
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)

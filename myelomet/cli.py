@@ -132,10 +132,31 @@ def _leakage(args: argparse.Namespace, cfg: Config) -> int:
 
 def _predict(args: argparse.Namespace, cfg: Config) -> int:
     from components.registry import predict_main
+    from components.relocation import check_not_moved
     from components.tracking import resolve_store
 
     model = args.model or f"models:/{cfg.evaluation.registered_model}@champion"
-    return predict_main(args.paths, model, resolve_store(cfg.tracking, cfg.root).tracking_uri)
+    store = resolve_store(cfg.tracking, cfg.root)
+    if model.startswith(("models:/", "runs:/")):
+        check_not_moved(store)
+    return predict_main(args.paths, model, store.tracking_uri)
+
+
+def _doctor(args: argparse.Namespace, cfg: Config) -> int:
+    from components.relocation import check_not_moved, relocate
+    from components.tracking import resolve_store
+
+    store = resolve_store(cfg.tracking, cfg.root)
+    if args.relocate:
+        moved = relocate(store)
+        if moved is not None:
+            print(
+                f"relocated the MLflow store: {moved.rows} stored locations {moved.old} -> "
+                f"{moved.new}; the database before is in {moved.backup}"
+            )
+    check_not_moved(store)
+    print(f"MLflow store {store.tracking_uri}: artifacts in {store.artifact_location} (ok)")
+    return 0
 
 
 def _fetch_weights(args: argparse.Namespace, cfg: Config) -> int:
@@ -200,6 +221,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders")
     p.add_argument("--model", help="model URI (default: models:/<registered_model>@champion)")
     p.set_defaults(run=_predict)
+
+    p = sub.add_parser("doctor", help="check the project's MLflow store after a move or copy")
+    p.add_argument(
+        "--relocate",
+        action="store_true",
+        help="rewrite the store's artifact locations to this folder (backs the database up)",
+    )
+    p.set_defaults(run=_doctor)
 
     p = sub.add_parser(
         "fetch-weights", help="download ImageNet weights on a connected machine for offline use"

@@ -1,4 +1,7 @@
+import contextlib
+import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from components import registry, tracking
 from components.backbones import load_model
-from components.config import Config, EvaluationConfig, TrackingConfig
+from components.config import Config, EvaluationConfig, TrackingConfig, load_config
 from components.dicom import read_ct
 from components.evaluation import evaluate
 from components.metrics import aggregate_patients, roc_auc, threshold_metrics
+from myelomet.cli import main
 from tests.dicom_factory import write_ct_files, write_mr, write_multiframe
 from tests.model_factory import (
     BACKBONE,
@@ -389,6 +393,42 @@ def test_register_selected_logs_registers_and_rescores_a_champion_of_other_data(
     assert _tags(store, "myelomet", "2")["promotion.compared"] == "rescored"
     new = chosen.metrics["test"]["patient"]["auc"].value
     assert second.alias == ("champion" if new > rescored else "challenger")
+
+
+def test_a_moved_project_is_detected_relocated_and_predicts(
+    project, ct_files, tmp_path_factory, monkeypatch
+):
+    root, predictions = project
+    (root / "params.yaml").write_text("evaluation: {n_bootstrap: 10}\n")
+    cfg = load_config(root / "params.yaml")
+    results = evaluate({BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0)
+    registry.register_selected(cfg, results, "parent-run")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # set by MLflow; a new shell has the project's
+    moved = tmp_path_factory.mktemp("elsewhere") / "project"
+    shutil.copytree(root, moved)
+    shutil.rmtree(root)
+    params = ["--params", str(moved / "params.yaml")]
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([*params, *args])
+        return code, out.getvalue(), err.getvalue()
+
+    code, _, err = cli("predict", str(ct_files[0]))
+    assert code == 2 and "myelomet doctor --relocate" in err and str(root) in err
+    assert cli("doctor")[0] == 2
+
+    code, out, _ = cli("doctor", "--relocate")
+    assert code == 0 and "relocated the MLflow store" in out
+    assert list((moved / "mlruns").glob("mlflow.db.before-relocate-*"))
+
+    code, out, _ = cli("predict", str(ct_files[0]))
+    assert code == 0 and 0 <= json.loads(out.splitlines()[0])["p_mm"] <= 1
+    store = tracking.resolve_store(cfg.tracking, moved)
+    experiment = MlflowClient(store.tracking_uri).get_experiment(tracking.connect(store))
+    assert experiment.artifact_location == (moved / "mlruns" / "artifacts").as_uri()
+    assert cli("doctor", "--relocate")[1].endswith("(ok)\n")
 
 
 _PROMOTE_AT = """
