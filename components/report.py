@@ -350,7 +350,8 @@ class StudyReport:
 
 
 def load_histories(models_dir: str | Path, backbones: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """Read `<models_dir>/<backbone>/history.csv` of each backbone.
+    """Read `<models_dir>/<backbone>/history.csv` of each backbone, with a `kept` column that
+    marks the epoch training kept (`best_epoch` of its metrics.json, by training.monitor).
 
     Raises:
         FileNotFoundError: a backbone has no history file.
@@ -360,7 +361,10 @@ def load_histories(models_dir: str | Path, backbones: Sequence[str]) -> dict[str
         path = Path(models_dir) / backbone / "history.csv"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no training history; run `myelomet train` first")
-        out[backbone] = pd.read_csv(path)
+        history = pd.read_csv(path)
+        metrics = path.with_name("metrics.json")
+        best = json.loads(metrics.read_text()).get("best_epoch") if metrics.is_file() else None
+        out[backbone] = history.assign(kept=_epochs(history) == best)
     return out
 
 
@@ -548,9 +552,8 @@ def _history_panel(ax: Axes, history: pd.DataFrame, metric: str, title: str) -> 
             drawn = True
     if not drawn:
         ax.text(0.5, 0.5, f"no {metric} recorded", ha="center", va="center", transform=ax.transAxes)
-    if "val_loss" in history.columns and history["val_loss"].notna().any():
-        best = int(np.nanargmin(history["val_loss"].to_numpy()))
-        ax.axvline(epochs[best], color="0.5", linestyle=":")
+    if "kept" in history.columns and history["kept"].any():
+        ax.axvline(epochs[history["kept"].to_numpy()][0], color="0.5", linestyle=":")
     if "phase" in history.columns:  # e.g. head training, then fine-tuning
         changes = np.flatnonzero(
             history["phase"].to_numpy()[1:] != history["phase"].to_numpy()[:-1]
@@ -569,7 +572,8 @@ def training_curves(histories: Mapping[str, pd.DataFrame]) -> Figure:
 
     Args:
         histories: backbone -> per-epoch frame with loss, val_loss, accuracy and val_accuracy
-            (an `epoch` column is used for the x axis when present).
+            (an `epoch` column is used for the x axis when present, and the epoch training
+            kept, where a boolean `kept` column marks it, is drawn dotted).
 
     Raises:
         ValueError: no histories.

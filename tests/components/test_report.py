@@ -184,7 +184,8 @@ def test_confusion_grid_counts_every_test_row(results, tmp_path):
 
 
 def test_training_curves_one_panel_pair_per_backbone(tmp_path):
-    two_phases = _history().assign(phase=["head"] * 4 + ["finetune"] * 2)
+    # kept by training.monitor (val_auc, say) at epoch 2, though val_loss is lowest at 5
+    two_phases = _history().assign(phase=["head"] * 4 + ["finetune"] * 2, kept=np.arange(6) == 2)
     no_accuracy = _history(4).drop(columns=["accuracy", "val_accuracy"])
     fig = training_curves({"VGG16": two_phases, "MobileNetV2": no_accuracy})
     titles = [ax.get_title() for ax in fig.axes]
@@ -196,8 +197,9 @@ def test_training_curves_one_panel_pair_per_backbone(tmp_path):
     ]
     loss = fig.axes[0]
     assert [line.get_label() for line in loss.lines[:2]] == ["train", "validation"]
-    # the best validation epoch (dotted), then the start of fine-tuning (solid)
-    assert [line.get_xdata()[0] for line in loss.lines[2:]] == [5, 3.5]
+    # the epoch training kept (dotted), then the start of fine-tuning (solid)
+    assert [line.get_xdata()[0] for line in loss.lines[2:]] == [2, 3.5]
+    assert [line.get_xdata()[0] for line in fig.axes[2].lines[2:]] == []  # none marked
     assert [t.get_text() for t in fig.axes[3].texts] == ["no accuracy recorded"]
     _assert_png(save_png(fig, tmp_path / "curves.png"))
     with pytest.raises(ValueError, match="no training histories"):
