@@ -61,14 +61,20 @@ def scores(y: np.ndarray, probs: np.ndarray, positive: int) -> dict[str, float]:
     }
 
 
+# Batch sizes an inference pass is padded to: a few shapes, each compiled once, so that a
+# request of two slices costs eight images, not INFER_BATCH.
+_BUCKETS = (8, 16, 32, INFER_BATCH)
+
+
 def _padded_batches(x: np.ndarray) -> Any:
-    """x in batches of INFER_BATCH rows, the last one padded (one shape, one compilation);
-    yields each batch and how many of its rows are real."""
+    """x in batches of INFER_BATCH rows, the last one padded to the smallest of _BUCKETS that
+    holds it; yields each batch and how many of its rows are real."""
     for start in range(0, len(x), INFER_BATCH):
         chunk = np.asarray(x[start : start + INFER_BATCH], dtype=np.float32)
         real = len(chunk)
-        if real < INFER_BATCH:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], INFER_BATCH - real, axis=0)])
+        size = next(b for b in _BUCKETS if b >= real)
+        if real < size:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], size - real, axis=0)])
         yield chunk, real
 
 

@@ -10,6 +10,15 @@ import mlflow
 import pytest
 import requests
 
+from bench.bench_serving_load import (
+    GARBAGE,
+    GOOD,
+    NOT_JSON,
+    markdown,
+    mixed_payloads,
+    run_load,
+    single_answers,
+)
 from components import registry
 from tests.dicom_factory import stored_pixels, write_plain
 from tests.serving_server import (
@@ -22,6 +31,8 @@ from tests.serving_server import (
 pytestmark = pytest.mark.slow
 
 REQUEST_LIMIT = 100_000  # MYELOMET_MAX_REQUEST_BYTES of the server under test
+LOAD_REQUESTS = 60  # six cycles of bench_serving_load's ten bodies
+LOAD_CONCURRENCY = 8
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +123,31 @@ def test_the_server_does_not_read_paths_on_its_disk(served, dicom_file):
     response = requests.post(f"{url}/invocations", json=body, timeout=30)
     assert response.status_code == 400
     assert "does not read files from its own disk" in response.json()["message"]
+
+
+def test_a_bounded_concurrent_load_is_answered_right_every_time(served, dicom_file, tmp_path):
+    """bench/bench_serving_load.py's load, smaller: good bodies, garbage items and non-JSON
+    bodies from eight threads at once, each answered as when it is sent alone."""
+    url, _ = served
+    second = write_plain(tmp_path / "second.dcm", seed=3, intercept=-1024).path
+    dicoms = {path.name: path.read_bytes() for path in (dicom_file, second)}
+    alone = single_answers(url, dicoms)
+
+    result = run_load(url, mixed_payloads(dicoms), LOAD_REQUESTS, LOAD_CONCURRENCY)
+
+    print(f"\n{markdown(result)}\n{result.requests_per_s:.1f} requests/s")
+    assert len(result.outcomes) == LOAD_REQUESTS
+    assert result.failures == {}  # no connection error, timeout, 5xx or unexpected status
+    statuses = {
+        kind: {o.status for o in result.outcomes if o.kind == kind}
+        for kind in (GOOD, GARBAGE, NOT_JSON)
+    }
+    assert statuses == {GOOD: {200}, GARBAGE: {200}, NOT_JSON: {400}}
+    total = result.summary()
+    assert total["item_errors"] == 0 and total["missed_bad"] == 0  # garbage: an error row
+    assert all(0 <= p <= 1 for p in alone.values())
+    assert {name: set(ps) for name, ps in result.probabilities().items()} == {
+        name: {p} for name, p in alone.items()
+    }
+    good_requests = result.summary(GOOD)["requests"]
+    assert len(result.probabilities()[second.name]) == good_requests
