@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from components.metrics import parse_metric_name
+from components.metric_names import parse_metric_name
 
 
 class _Frozen(BaseModel):
@@ -231,7 +231,7 @@ class TrainingConfig(_Frozen):
     def for_backbone(self, name: str) -> TrainingConfig:
         """This section with `name`'s overrides applied (and no overrides left in it)."""
         merged = {**self.model_dump(), **self.overrides.get(name, {}), "overrides": {}}
-        return TrainingConfig.model_validate(merged)
+        return type(self).model_validate(merged)
 
 
 class LeakageConfig(_Frozen):

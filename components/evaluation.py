@@ -28,14 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.metric_names import LEVELS, LOWER_IS_BETTER, parse_metric_name
 from components.metrics import (
-    LEVELS,
-    LOWER_IS_BETTER,
     Estimate,
     aggregate_patients,
     bootstrap_metrics,
     compare_auc,
-    parse_metric_name,
     reliability_curve,
     roc_curve,
     youden_threshold,

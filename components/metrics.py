@@ -27,32 +27,12 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-THRESHOLD_METRICS = ("sensitivity", "specificity", "ppv", "npv", "accuracy", "f1", "kappa")
-METRICS = (*THRESHOLD_METRICS, "auc")
-CALIBRATION_METRICS = ("brier", "ece")
-ALL_METRICS = (*METRICS, *CALIBRATION_METRICS)
-LOWER_IS_BETTER = frozenset(CALIBRATION_METRICS)
-LEVELS = ("slice", "patient")
+from components.metric_names import ALL_METRICS, THRESHOLD_METRICS
 
 # Resamples x rows processed at once by the AUC, to bound memory on large test sets.
 _AUC_CHUNK_ELEMENTS = 4_000_000
 
 ArrayLike = npt.ArrayLike
-
-
-def parse_metric_name(name: str) -> tuple[str, str]:
-    """Split `<level>_<metric>` (e.g. `patient_auc`, `slice_f1`) into level and metric.
-
-    Raises:
-        ValueError: the level is not one of LEVELS or the metric not one of ALL_METRICS.
-    """
-    level, _, metric = name.partition("_")
-    if level not in LEVELS or metric not in ALL_METRICS:
-        raise ValueError(
-            f"metric name {name!r} is not '<level>_<metric>' with level in {list(LEVELS)} "
-            f"and metric in {list(ALL_METRICS)}; e.g. 'patient_auc'"
-        )
-    return level, metric
 
 
 @dataclass(frozen=True)

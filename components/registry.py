@@ -46,15 +46,14 @@ from mlflow.types.schema import ColSpec, Schema
 from components.backbones import ModelFileError
 from components.config import Config, Window
 from components.evaluation import EvaluationResults
-from components.metrics import (
+from components.metric_names import (
     ALL_METRICS,
     LEVELS,
     LOWER_IS_BETTER,
     THRESHOLD_METRICS,
-    aggregate_patients,
     parse_metric_name,
-    resampled_metrics,
 )
+from components.metrics import aggregate_patients, resampled_metrics
 from components.serving import MemberSpec, Predictor, ServingSpec
 from components.tracking import KIND_TAG, PARENT_TAG, Store, connect, git_commit, resolve_store
 from components.training import METRICS_FILE, MODEL_FILE

@@ -31,7 +31,8 @@ from components.evaluation import (
     confusion_plot_data,
     roc_plot_data,
 )
-from components.metrics import LEVELS, METRICS, Estimate, parse_metric_name
+from components.metric_names import LEVELS, METRICS, parse_metric_name
+from components.metrics import Estimate
 
 # Table 2 of Şimşek MK, Çetinoğlu YK, Bırcan R, Balcı A. Differentiating multiple myeloma and
 # osteolytic bone metastasis on spinal CT scan: a comprehensive study using convolutional

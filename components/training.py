@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from components.code_closure import source_digest
 from components.config import Config, load_config
 from components.runtime import Runtime, configure_runtime
 from components.training_data import (
@@ -88,9 +89,6 @@ PREDICTIONS_FILE = "predictions.csv"
 RESULT_FILE = "result.json"
 ERROR_FILE = "error.json"
 CHECKPOINT_DIR = "checkpoint"
-
-# Part of every inputs hash: bump it when a change here changes what training produces.
-TRAINING_VERSION = 4
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -161,12 +159,16 @@ def _weights(name: str, cfg: Config) -> WeightsSource:
         return WeightsSource.random(str(exc))
 
 
-_HASHED_TRAINING = {
-    "image_size", "batch_size", "epochs", "seed", "learning_rate", "dropout", "head_units",
-    "patience", "monitor", "finetune_epochs", "finetune_fraction", "finetune_learning_rate",
-    "scratch_learning_rate", "augment_rotation_deg", "augment_intensity", "weights",
-}  # fmt: skip
-_RUNTIME_PARAMS = {"mixed_precision", "xla", "require_pretrained", "compile_cache"}
+# Training fields that decide where, when and from which folder a backbone trains, not what
+# it learns (the weights' own checksum is hashed): the rest of the resolved section is in the
+# inputs hash, so a new field retrains until it is listed here.
+_PLACEMENT = frozenset({
+    "backbones", "overrides", "executor", "ray_address", "max_parallel", "retries",
+    "models_out", "cache_dir", "compile_cache", "processes_per_gpu", "weights_dir",
+    "weights_dir_env", "require_pretrained",
+})  # fmt: skip
+# The module a backbone's process runs: the digest of its import closure is in the hash.
+_TRAINING_ENTRY = "components.training"
 
 
 @dataclass(frozen=True)
@@ -184,7 +186,7 @@ class _Plan:
 def _plan(name: str, cfg: Config) -> _Plan:
     from components.backbones import get_backbone
 
-    tc = cfg.training
+    tc = cfg.training.for_backbone(name)
     size = get_backbone(name).input_size(tc.image_size)
     cache = cfg.path(tc.compile_cache) if tc.compile_cache else None
     runtime = configure_runtime(tc.mixed_precision, tc.xla, cache)
@@ -192,14 +194,14 @@ def _plan(name: str, cfg: Config) -> _Plan:
     source = _weights(name, cfg)
     inputs_hash = hash_json(
         {
-            "version": TRAINING_VERSION,
+            "code": source_digest([_TRAINING_ENTRY]),
             "backbone": name,
             "size": size,
             "data": version,
             "weights": source.sha256 or "random",
             "precision": runtime.precision,
             "backend": runtime.backend,
-            "training": tc.model_dump(include=_HASHED_TRAINING),
+            "training": tc.model_dump(mode="json", exclude=_PLACEMENT),
             "input": input_key(cfg),
             "classes": cfg.classes,
             "positive": cfg.positive_class,
@@ -436,7 +438,7 @@ def _start_logging(run: BackboneRun, cfg: Config, plan: _Plan, data: TrainingDat
             "data_version": plan.version,
             "n_train": len(data.rows("train")),
             "n_val": len(data.rows("val")),
-            "training": cfg.training.model_dump(include=_HASHED_TRAINING | _RUNTIME_PARAMS),
+            "training": cfg.training.model_dump(mode="json", exclude={"backbones", "overrides"}),
             "input": cfg.input.model_dump(),
         }
     )

@@ -41,9 +41,10 @@ def _tree_digest(root: Path) -> dict[str, str]:
 def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """A temporary git+DVC project holding the foundation stages and a tiny demo config."""
     root = tmp_path_factory.mktemp("project")
-    shutil.copytree(
-        REPO / "components", root / "components", ignore=shutil.ignore_patterns("__pycache__")
-    )
+    for package in ("components", "myelomet"):  # the stages' code deps
+        shutil.copytree(
+            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {s: stages[s] for s in STAGES}}))
     params = yaml.safe_load((REPO / "params.yaml").read_text())

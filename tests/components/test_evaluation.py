@@ -26,14 +26,8 @@ from components.evaluation import (
     select_best,
     to_metrics_json,
 )
-from components.metrics import (
-    ALL_METRICS,
-    LEVELS,
-    Estimate,
-    aggregate_patients,
-    parse_metric_name,
-    youden_threshold,
-)
+from components.metric_names import ALL_METRICS, LEVELS, parse_metric_name
+from components.metrics import Estimate, aggregate_patients, youden_threshold
 
 CLASSES = ("MM", "OMBT")
 N_BOOT = 200

@@ -9,9 +9,8 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
+from components.metric_names import ALL_METRICS, THRESHOLD_METRICS
 from components.metrics import (
-    ALL_METRICS,
-    THRESHOLD_METRICS,
     aggregate_patients,
     bootstrap_metrics,
     brier_score,

@@ -14,7 +14,8 @@ from PIL import Image
 
 from components.config import BACKBONES
 from components.evaluation import ENSEMBLE, evaluate
-from components.metrics import THRESHOLD_METRICS, Estimate
+from components.metric_names import THRESHOLD_METRICS
+from components.metrics import Estimate
 from components.report import (
     FIGURES,
     PAPER_TABLE2,

@@ -1,4 +1,5 @@
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +12,17 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from components import backbones, runtime, tracking, training, training_data, training_loop
+from components import (
+    backbones,
+    code_closure,
+    runtime,
+    tracking,
+    training,
+    training_data,
+    training_loop,
+)
 from components.backbones import WeightsUnavailable, get_backbone
-from components.config import BACKBONES, load_config
+from components.config import BACKBONES, TrainingConfig, load_config
 from tests.tool_env import project_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,6 +217,38 @@ def test_command_line_trains_falling_back_to_scratch_then_skips(project, tmp_pat
     cfg = load_config(project / "fallback.yaml")
     changed = cfg.model_copy(update={"training": cfg.training.model_copy(update={"dropout": 0.5})})
     assert training._plan("MobileNet", changed).inputs_hash != first["inputs_hash"]
+
+
+def test_editing_the_training_code_or_adding_a_training_field_retrains(
+    project, tmp_path, monkeypatch
+):
+    cfg = _cfg(project)
+    base = training._plan("MobileNet", cfg).inputs_hash
+    copy = tmp_path / "source"
+    for package in code_closure.FIRST_PARTY:
+        shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("*.pyc"))
+    monkeypatch.setattr(code_closure, "ROOT", copy)
+    assert training._plan("MobileNet", cfg).inputs_hash == base
+    unrelated = copy / "components" / "synthetic.py"
+    unrelated.write_text(unrelated.read_text() + "\n# not training code\n")
+    assert training._plan("MobileNet", cfg).inputs_hash == base
+    loop = copy / "components" / "training_loop.py"
+    loop.write_text(loop.read_text() + "\n# a change to the training loop\n")
+    assert training._plan("MobileNet", cfg).inputs_hash != base
+    monkeypatch.undo()
+
+    class WithNewField(TrainingConfig):
+        new_field: int = 0
+
+    extended = WithNewField(**cfg.training.model_dump())
+    assert (
+        training._plan("MobileNet", cfg.model_copy(update={"training": extended})).inputs_hash
+        != base
+    )
+    placed = cfg.training.model_copy(update={"max_parallel": 7, "retries": 3})
+    assert (
+        training._plan("MobileNet", cfg.model_copy(update={"training": placed})).inputs_hash == base
+    )
 
 
 def test_a_backbone_override_applies_to_that_backbone_and_its_inputs_hash(project, tmp_path):
