@@ -109,12 +109,6 @@ def _devices(keras: Any) -> list[str]:
 
             gpus = tf.config.list_physical_devices("GPU")
             return [d.name for d in gpus] or ["cpu"]
-        if backend == "torch":
-            import torch
-
-            if torch.cuda.is_available():
-                return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            return ["cpu"]
     except Exception as exc:  # a description only; the benchmark itself decides
         return [f"unknown ({exc})"]
     return ["unknown"]
