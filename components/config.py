@@ -190,6 +190,9 @@ class TrainingConfig(_Frozen):
     weights_dir_env: str = "MYELOMET_WEIGHTS_DIR"
     mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto"
     xla: Literal["auto", "on", "off"] = "auto"
+    # threads of one training process on a CPU; null = the cores it is lent (fastest, but
+    # results then depend on the machine's core count)
+    cpu_threads: int | None = Field(None, ge=1)
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None
     max_parallel: int | None = Field(None, ge=1)

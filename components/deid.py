@@ -51,6 +51,33 @@ def parse_key(text: str, origin: str) -> bytes:
     return key
 
 
+# The key of the synthetic demo cohort, which portrays no one. It is public so that every
+# clone draws the same pseudonyms, hence the same split and results; `study_key` refuses it
+# for any other data.
+DEMO_KEY = b"myelomet synthetic demo cohort, never real data"
+
+
+def study_key(dicom_root: Path, synthetic_root: Path, env_var: str, key_file: Path) -> bytes:
+    """The pseudonymisation key for ingesting `dicom_root`.
+
+    The synthetic cohort (`dicom_root` is params synthetic.out) gets DEMO_KEY; any other
+    data gets `load_key`'s, which must not be DEMO_KEY.
+
+    Raises:
+        ValueError: the key for real data is the demo key, or too short.
+        OSError: the key file can't be read or created.
+    """
+    if Path(dicom_root).resolve() == Path(synthetic_root).resolve():
+        return DEMO_KEY
+    key = load_key(env_var, key_file)
+    if key == DEMO_KEY:
+        raise ValueError(
+            f"the key from {env_var} or {key_file} is the public demo key, which anyone can "
+            "use to link pseudonyms back: set a secret key of your own for real data"
+        )
+    return key
+
+
 def load_key(env_var: str, key_file: Path) -> bytes:
     """Return the pseudonymisation key, creating a key file on first use.
 

@@ -57,19 +57,23 @@ def configure_runtime(
     mixed_precision: Literal["auto", "off", "float16", "bfloat16"] = "auto",
     xla: Literal["auto", "on", "off"] = "auto",
     compile_cache: Path | None = None,
+    cpu_threads: int | None = None,
 ) -> Runtime:
     """Set up the backend for training or inference in this process.
 
     "auto" precision is mixed float16 on TensorFlow GPUs, mixed bfloat16 on JAX GPUs,
     float32 on a CPU. "auto" XLA is on with a GPU; JAX always compiles its steps with
     XLA (on a CPU too: uncompiled JAX runs one operation at a time). TensorFlow without a
-    GPU uses the CPUs this process may run on and skips Grappler. Thread, memory and cache
-    settings only take effect before the backend's first operation.
+    GPU runs deterministic operations on `cpu_threads` threads (the CPUs this process may
+    run on when None) and skips Grappler. Thread, memory and cache settings only take
+    effect before the backend's first operation.
 
     Args:
         mixed_precision: as training.mixed_precision.
         xla: as training.xla.
         compile_cache: a folder for compiled programs that later processes reuse, or None.
+        cpu_threads: as training.cpu_threads: a fixed number makes results independent of
+            the machine's core count.
     """
     import keras
 
@@ -83,7 +87,7 @@ def configure_runtime(
     gpus = {"tensorflow": _tensorflow_gpus, "jax": _jax_gpus}[name]()
     use_xla = name == "jax" or (bool(gpus) if xla == "auto" else xla == "on")
     if name == "tensorflow":
-        _configure_tensorflow(gpus, cache if use_xla else None)
+        _configure_tensorflow(gpus, cache if use_xla else None, cpu_threads)
     elif name == "jax" and cache is not None:
         _configure_jax_cache(cache)
     if mixed_precision == "auto":
@@ -110,7 +114,7 @@ def _jax_gpus() -> int:
     return sum(1 for d in jax.devices() if d.platform == "gpu")
 
 
-def _configure_tensorflow(gpus: int, cache: str | None) -> None:
+def _configure_tensorflow(gpus: int, cache: str | None, cpu_threads: int | None) -> None:
     import tensorflow as tf
 
     if cache is not None and "tf_xla_persistent_cache_directory" not in os.environ.get(
@@ -130,9 +134,10 @@ def _configure_tensorflow(gpus: int, cache: str | None) -> None:
                 tf.config.experimental.set_memory_growth(gpu, True)
         if not gpus:
             cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-            tf.config.threading.set_intra_op_parallelism_threads(cpus or 0)
+            tf.config.threading.set_intra_op_parallelism_threads(cpu_threads or cpus or 0)
             tf.config.threading.set_inter_op_parallelism_threads(1)
     if not gpus:
+        tf.config.experimental.enable_op_determinism()
         # Grappler's graph rewrites cost 2-10 s per traced function on a CPU (DenseNet169's
         # first training step: 15 s with them, 5 s without) and measured no faster steps.
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})

@@ -189,7 +189,7 @@ def _plan(name: str, cfg: Config) -> _Plan:
     tc = cfg.training.for_backbone(name)
     size = get_backbone(name).input_size(tc.image_size)
     cache = cfg.path(tc.compile_cache) if tc.compile_cache else None
-    runtime = configure_runtime(tc.mixed_precision, tc.xla, cache)
+    runtime = configure_runtime(tc.mixed_precision, tc.xla, cache, tc.cpu_threads)
     version = data_version(*data_paths(cfg))
     source = _weights(name, cfg)
     inputs_hash = hash_json(

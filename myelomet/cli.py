@@ -25,13 +25,14 @@ def _synthesize(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _ingest(args: argparse.Namespace, cfg: Config) -> int:
-    from components.deid import load_key
+    from components.deid import study_key
     from components.ingest import ingest
 
     root = Path(args.dicom_root) if args.dicom_root else cfg.path(cfg.data.dicom_root)
     out = Path(args.out) if args.out else cfg.path(cfg.ingest.out)
     labels = args.labels_csv or cfg.data.labels_csv
-    key = load_key(cfg.ingest.key_env, cfg.path(cfg.ingest.key_file))
+    synthetic = cfg.path(cfg.synthetic.out)
+    key = study_key(root, synthetic, cfg.ingest.key_env, cfg.path(cfg.ingest.key_file))
     summary = ingest(
         root,
         out,

@@ -2,7 +2,7 @@ import stat
 
 import pytest
 
-from components.deid import load_key, parse_key, pseudonym
+from components.deid import DEMO_KEY, load_key, parse_key, pseudonym, study_key
 
 ENV = "MYELOMET_TEST_DEID_KEY"
 HEX_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
@@ -73,3 +73,19 @@ def test_pseudonym_format_and_prefix_separation():
         pseudonym(key, "x", "pt", 0)
     with pytest.raises(ValueError):
         pseudonym(b"", "x", "pt")
+
+
+def test_the_synthetic_cohort_gets_the_demo_key_whatever_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("K", "a" * 64)
+    synthetic = tmp_path / "data" / "raw" / "synthetic"
+    key = study_key(
+        tmp_path / "data" / "raw" / ".." / "raw" / "synthetic", synthetic, "K", tmp_path / "f"
+    )
+    assert key == DEMO_KEY and not (tmp_path / "f").exists()
+    assert study_key(tmp_path / "real", synthetic, "K", tmp_path / "f") == bytes.fromhex("a" * 64)
+
+
+def test_the_demo_key_is_refused_for_real_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("K", DEMO_KEY.decode())
+    with pytest.raises(ValueError, match="public demo key"):
+        study_key(tmp_path / "real", tmp_path / "synthetic", "K", tmp_path / "f")

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from components import (
     backbones,
     code_closure,
+    devices,
     runtime,
     tracking,
     training,
@@ -368,3 +369,22 @@ def test_the_training_step_minimises_the_weighted_loss_and_reports_the_whole_epo
     assert epochs[-1]["loss"] < 0.7 * epochs[0]["loss"]
     assert epochs[-1]["accuracy"] > 0.8 and epochs[-1]["auc"] > 0.9
     assert 0 < epochs[0]["accuracy"] < 1  # over 40 images, not one batch of 8
+
+
+def test_training_on_a_cpu_gives_the_same_predictions_on_any_number_of_cores(tmp_path):
+    root = tmp_path / "project"
+    _write_tiny_project(root, patients_per_class=6, slices=2)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["training"].update(epochs=2, cpu_threads=1)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    cpus = devices.usable_cpus()
+    outputs = []
+    for pinned in (cpus[:1], cpus):  # one core, then every core this machine has
+        out = tmp_path / f"on-{len(pinned)}-cores"
+        command = [sys.executable, "-m", "components.training", "--backbone", "MobileNetV2"]
+        command += ["--params", str(root / "params.yaml"), "--out", str(out), "--no-tracking"]
+        env = project_env({devices.CPUS_ENV: ",".join(map(str, pinned))})
+        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append((out / training.PREDICTIONS_FILE).read_bytes())
+    assert outputs[0] == outputs[1]
