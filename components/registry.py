@@ -24,7 +24,6 @@ import json
 import math
 import os
 import pickle
-import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -542,14 +541,17 @@ def register_and_promote(
     )
 
 
-def load_predictor(model_uri: str) -> Predictor:
-    """The Predictor inside a registered or logged pyfunc (e.g. models:/myelomet@champion).
+def load_predictor(model_uri: str, tracking_uri: str | None = None) -> Predictor:
+    """The Predictor inside a registered or logged pyfunc (e.g. models:/myelomet@champion),
+    looked up in `tracking_uri` (MLflow's current store when None).
 
     Raises:
         MlflowException: no model at the URI.
         ModelFileError: a file of the logged model is damaged (python_model.pkl, model.keras).
         TypeError: the model is not a myelomet pyfunc.
     """
+    if tracking_uri is not None:
+        mlflow.set_tracking_uri(tracking_uri)
     try:
         model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
@@ -690,37 +692,3 @@ def register_selected(
         rescore,
         cfg.evaluation.min_improvement,
     )
-
-
-def predict_main(paths: list[str], model_uri: str, tracking_uri: str) -> int:
-    """`myelomet predict PATH... [--model URI]`: one JSON line per slice on stdout.
-
-    Args:
-        paths: DICOM files or folders.
-        model_uri: e.g. models:/myelomet@champion.
-        tracking_uri: the MLflow store holding the registry.
-
-    Returns:
-        0 when at least one slice was predicted, 1 when every item errored, 2 when the model
-        cannot be loaded.
-    """
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        predictor = load_predictor(model_uri)
-    except ModelFileError as exc:
-        print(f"myelomet predict: error: {exc}", file=sys.stderr)
-        return 2
-    except (MlflowException, OSError, TypeError) as exc:
-        message = exc.message if isinstance(exc, MlflowException) else str(exc)
-        print(
-            f"myelomet predict: error: cannot load {model_uri} from {tracking_uri}: {message}; "
-            "register a model with `myelomet evaluate` or pass --model URI",
-            file=sys.stderr,
-        )
-        return 2
-    n_rows = n_errors = 0
-    for row in predictor.iter_predictions(paths):
-        print(json.dumps(row), flush=True)
-        n_rows += 1
-        n_errors += "error" in row
-    return 1 if n_errors == n_rows else 0

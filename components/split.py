@@ -11,9 +11,13 @@ measure that leakage.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from components.config import Config
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["image_id", "patient", "label", "split"]
@@ -163,3 +167,39 @@ def check_patient_disjoint(split: pd.DataFrame) -> None:
     leaking = spread[spread > 1].index.tolist()
     if leaking:
         raise SplitError(f"patients {leaking[:5]} appear in more than one split")
+
+
+@dataclass(frozen=True)
+class SplitOutcome:
+    """Where `write_split` wrote the split, and patients and slices per split and label."""
+
+    path: Path
+    mode: str
+    table: pd.DataFrame
+
+
+def write_split(cfg: Config, mode: str | None = None) -> SplitOutcome:
+    """Split the ingested manifest (params split) and write the split CSV.
+
+    Args:
+        cfg: the configuration.
+        mode: `patient` or `image`; params split.mode when None.
+
+    Raises:
+        FileNotFoundError: no manifest; ingest first.
+    """
+    manifest_path = cfg.path(cfg.ingest.out) / "manifest.csv"
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{manifest_path}: no manifest; run `myelomet ingest` first")
+    manifest = pd.read_csv(manifest_path)
+    mode = mode or cfg.split.mode
+    stratify = list(cfg.split.stratify)
+    split = split_manifest(manifest, cfg.split.fractions(), cfg.split.seed, mode, stratify)
+    out = cfg.path(cfg.split.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    split.to_csv(out, index=False)
+    table = split.merge(manifest[["image_id", *stratify]], on="image_id")
+    table = table.groupby(["split", "label", *stratify]).agg(
+        patients=("patient", "nunique"), slices=("image_id", "size")
+    )
+    return SplitOutcome(out, mode, table)

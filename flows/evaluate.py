@@ -8,9 +8,7 @@ page, and a summary artifact in the Prefect UI.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -136,19 +134,3 @@ def evaluate(params: str = "params.yaml") -> dict[str, Any]:
         "alias": outcome.alias,
         "report": str(html),
     }
-
-
-def main(params: str | Path = "params.yaml") -> int:
-    """Run the flow for the command line; prints the outcome in one line."""
-    outcome = evaluate(str(Path(params).resolve()))
-    print(
-        f"selected {outcome['selected']} on validation; registered as version "
-        f"{outcome['version']} ({outcome['alias']}); report: {outcome['report']}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m flows.evaluate", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    sys.exit(main(parser.parse_args().params))

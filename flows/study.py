@@ -16,8 +16,6 @@ study keeps the workspace's configuration; `dvc exp show` lists the experiment.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -190,23 +188,3 @@ def train_on_demand(
     name = f"{preset}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     run_experiment(name, cfg.root, overrides)
     return {"experiment": name, "overrides": overrides, **publish(cfg, before)}
-
-
-def main(params: str | Path = "params.yaml") -> int:
-    """Run `study` for the command line: 0 when every stage passed, else 1."""
-    try:
-        outcome = study(str(Path(params).resolve()))
-    except pipeline.StageFailed as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    print(
-        f"study done: {len(outcome['stages'])} stages up to date; champion "
-        f"{outcome['champion'] or 'none'}, challenger {outcome['challenger'] or 'none'}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m flows.study", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    sys.exit(main(parser.parse_args().params))

@@ -10,9 +10,7 @@ progress artifact that its process updates after every epoch.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -197,26 +195,3 @@ def parallelism(cfg: Config, gpus: list[str]) -> int:
     if not gpus:
         return 1
     return len(gpus) * _per_gpu(cfg, gpus, gpu_memory_mb(), len(cfg.training.backbones))
-
-
-def main(params: str | Path = "params.yaml", backbones: list[str] | None = None) -> int:
-    """Run the flow for the command line: 0 when every backbone trained, else 1."""
-    cfg = load_config(params)
-    runner = train.with_options(task_runner=task_runner(cfg))
-    outcome = runner(str(Path(params).resolve()), backbones)
-    for name, error in outcome["failures"].items():
-        print(f"{name}: FAILED: {error}", file=sys.stderr)
-    done = len(outcome["results"])
-    print(
-        f"trained {done} of {done + len(outcome['failures'])} backbones; "
-        f"MLflow parent run {outcome['parent_run_id']}"
-    )
-    return 1 if outcome["failures"] else 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m flows.train", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--backbone", action="append", dest="backbones")
-    args = parser.parse_args()
-    sys.exit(main(args.params, args.backbones))

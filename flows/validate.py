@@ -3,13 +3,11 @@ split, run between `split` and training.
 
 The flow writes Data Docs and a JSON summary (a DVC metric), publishes the result table as
 a markdown artifact, and fails when any expectation fails, so that `dvc repro` stops here
-and training never sees bad data. `python -m flows.validate --params params.yaml` runs it.
+and training never sees bad data. `myelomet validate` runs it.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -106,28 +104,3 @@ def validate(params: str = "params.yaml") -> ValidationReport:
         raise DataValidationError(validation.failure_message(report))
     get_run_logger().info(validation.success_line(report))
     return report
-
-
-def main(params_path: str | Path = "params.yaml") -> int:
-    """Run the flow for the command line.
-
-    Args:
-        params_path: path to params.yaml.
-
-    Returns:
-        0 when the data passed (one line on stdout), 1 when validation failed (the failed
-        expectations on stderr).
-    """
-    try:
-        report = validate(str(params_path))
-    except DataValidationError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    print(validation.success_line(report))
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="python -m flows.validate", description=__doc__)
-    parser.add_argument("--params", default="params.yaml", help="default: ./params.yaml")
-    sys.exit(main(parser.parse_args().params))

@@ -60,26 +60,16 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _split(args: argparse.Namespace, cfg: Config) -> int:
-    import pandas as pd
+    from components.split import write_split
 
-    from components.split import split_manifest
-
-    manifest_path = cfg.path(cfg.ingest.out) / "manifest.csv"
-    if not manifest_path.is_file():
-        raise FileNotFoundError(f"{manifest_path}: no manifest; run `myelomet ingest` first")
-    manifest = pd.read_csv(manifest_path)
-    mode = args.mode or cfg.split.mode
-    stratify = cfg.split.stratify
-    split = split_manifest(manifest, cfg.split.fractions(), cfg.split.seed, mode, stratify)
-    out = cfg.path(cfg.split.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    split.to_csv(out, index=False)
-    table = split.merge(manifest[["image_id", *stratify]], on="image_id")
-    table = table.groupby(["split", "label", *stratify]).agg(
-        patients=("patient", "nunique"), slices=("image_id", "size")
-    )
-    print(f"{mode}-level split written to {out}\n{table.to_string()}")
+    outcome = write_split(cfg, args.mode)
+    print(f"{outcome.mode}-level split written to {outcome.path}\n{outcome.table.to_string()}")
     return 0
+
+
+def _params(args: argparse.Namespace, cfg: Config) -> Path:
+    """The params file, as an absolute path (flows and processes may run elsewhere)."""
+    return cfg.root / Path(args.params).name
 
 
 def _prefect_defaults() -> None:
@@ -91,36 +81,67 @@ def _prefect_defaults() -> None:
 
 def _validate(args: argparse.Namespace, cfg: Config) -> int:
     _prefect_defaults()
-    from flows.validate import main as validate_main
+    from components.validation import DataValidationError, success_line
+    from flows.validate import validate
 
-    return validate_main(cfg.root / Path(args.params).name)
+    try:
+        report = validate(str(_params(args, cfg)))
+    except DataValidationError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(success_line(report))
+    return 0
 
 
 def _train(args: argparse.Namespace, cfg: Config) -> int:
     _prefect_defaults()
-    from flows.train import main as train_main
+    from flows.train import task_runner, train
 
-    return train_main(cfg.root / Path(args.params).name, args.backbone)
+    runner = train.with_options(task_runner=task_runner(cfg))
+    outcome = runner(str(_params(args, cfg)), args.backbone)
+    for name, error in outcome["failures"].items():
+        print(f"{name}: FAILED: {error}", file=sys.stderr)
+    done = len(outcome["results"])
+    print(
+        f"trained {done} of {done + len(outcome['failures'])} backbones; "
+        f"MLflow parent run {outcome['parent_run_id']}"
+    )
+    return 1 if outcome["failures"] else 0
 
 
 def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
     _prefect_defaults()
-    from flows.evaluate import main as evaluate_main
+    from flows.evaluate import evaluate
 
-    return evaluate_main(cfg.root / Path(args.params).name)
+    outcome = evaluate(str(_params(args, cfg)))
+    print(
+        f"selected {outcome['selected']} on validation; registered as version "
+        f"{outcome['version']} ({outcome['alias']}); report: {outcome['report']}"
+    )
+    return 0
 
 
 def _study(args: argparse.Namespace, cfg: Config) -> int:
     _prefect_defaults()
-    from flows.study import main as study_main
+    from components.pipeline import StageFailed
+    from flows.study import study
 
-    return study_main(cfg.root / Path(args.params).name)
+    try:
+        outcome = study(str(_params(args, cfg)))
+    except StageFailed as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(
+        f"study done: {len(outcome['stages'])} stages up to date; champion "
+        f"{outcome['champion'] or 'none'}, challenger {outcome['challenger'] or 'none'}"
+    )
+    return 0
 
 
 def _leakage(args: argparse.Namespace, cfg: Config) -> int:
     from components.leakage import run_leakage
 
-    result = run_leakage(cfg, cfg.root / Path(args.params).name, print)
+    result = run_leakage(cfg, _params(args, cfg), print)
     if result is None:
         print("leakage comparison off (leakage.enabled: false)")
     else:
@@ -132,7 +153,13 @@ def _leakage(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _predict(args: argparse.Namespace, cfg: Config) -> int:
-    from components.registry import predict_main
+    """One JSON line per slice on stdout; 0 when at least one slice was predicted, 1 when
+    every item errored, 2 when the model cannot be loaded."""
+    import json
+
+    from mlflow.exceptions import MlflowException
+
+    from components.registry import load_predictor
     from components.relocation import check_not_moved
     from components.tracking import resolve_store
 
@@ -140,7 +167,22 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
     store = resolve_store(cfg.tracking, cfg.root)
     if model.startswith(("models:/", "runs:/")):
         check_not_moved(store)
-    return predict_main(args.paths, model, store.tracking_uri)
+    try:
+        predictor = load_predictor(model, store.tracking_uri)
+    except (MlflowException, TypeError) as exc:
+        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+        print(
+            f"myelomet predict: error: cannot load {model} from {store.tracking_uri}: "
+            f"{message}; register a model with `myelomet evaluate` or pass --model URI",
+            file=sys.stderr,
+        )
+        return 2
+    n_rows = n_errors = 0
+    for row in predictor.iter_predictions(args.paths):
+        print(json.dumps(row), flush=True)
+        n_rows += 1
+        n_errors += "error" in row
+    return 1 if n_errors == n_rows else 0
 
 
 def _doctor(args: argparse.Namespace, cfg: Config) -> int:

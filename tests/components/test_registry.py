@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -285,35 +286,45 @@ def test_rescorer_scores_a_registered_model_on_the_given_slices(store, logged, m
     assert sensitivity == pytest.approx(threshold_metrics(y, p, 0.4)["sensitivity"])
 
 
-def test_predict_main_prints_one_json_line_per_slice(store, logged, ct_files, tmp_path, capsys):
+def _cli(params: Path, *args: str) -> tuple[int, str, str]:
+    """`myelomet --params PARAMS ARGS...` in this process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--params", str(params), *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def params(store) -> Path:
+    """A params file in the project root of the module's store."""
+    path = Path(store.tracking_uri.removeprefix("sqlite:///")).parents[1] / "params.yaml"
+    path.write_text(yaml.safe_dump({"tracking": {"experiment": store.experiment}}))
+    return path
+
+
+def test_predict_prints_one_json_line_per_slice(store, logged, ct_files, params, tmp_path):
     _register(store, logged, "cli", 0.8)
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"\x00" * 300)
 
-    code = registry.predict_main(
-        [str(ct_files[0]), str(garbage)], "models:/cli@champion", store.tracking_uri
+    code, out, _ = _cli(
+        params, "predict", "--model", "models:/cli@champion", str(ct_files[0]), str(garbage)
     )
 
     assert code == 0
-    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    lines = [json.loads(line) for line in out.splitlines()]
     assert list(lines[0]) == ["file", "p_mm", "label", "threshold"]
     assert lines[0]["file"] == str(ct_files[0]) and 0 <= lines[0]["p_mm"] <= 1
     assert set(lines[1]) == {"file", "error"} and lines[1]["file"] == str(garbage)
 
-    assert registry.predict_main([str(garbage)], "models:/cli@champion", store.tracking_uri) == 1
-    capsys.readouterr()
-    assert (
-        registry.predict_main([str(garbage)], "models:/nothing@champion", store.tracking_uri) == 2
-    )
-    assert "cannot load models:/nothing@champion" in capsys.readouterr().err
+    assert _cli(params, "predict", "--model", "models:/cli@champion", str(garbage))[0] == 1
+    code, _, err = _cli(params, "predict", "--model", "models:/nothing@champion", str(garbage))
+    assert code == 2 and "cannot load models:/nothing@champion" in err
 
 
 @pytest.mark.parametrize("damage", ["pickle", "keras"])
-def test_a_damaged_model_is_one_line_naming_the_file(
-    store, logged, ct_files, tmp_path, capsys, damage
-):
+def test_a_damaged_model_is_one_line_naming_the_file(logged, ct_files, params, tmp_path, damage):
     local = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
-    capsys.readouterr()
     if damage == "pickle":
         broken = local / "python_model.pkl"
         broken.write_bytes(broken.read_bytes()[:40])
@@ -321,9 +332,8 @@ def test_a_damaged_model_is_one_line_naming_the_file(
         broken = local / "artifacts" / "model.keras"
         broken.write_bytes(broken.read_bytes()[:2000])
 
-    code = registry.predict_main([str(ct_files[0])], str(local), store.tracking_uri)
+    code, _, err = _cli(params, "predict", "--model", str(local), str(ct_files[0]))
 
-    err = capsys.readouterr().err
     ours = [line for line in err.splitlines() if line.startswith("myelomet predict: error:")]
     assert code == 2 and len(ours) == 1 and "Traceback" not in err
     assert broken.name in ours[0] and ("myelomet evaluate" in ours[0] or "retrain" in ours[0])
@@ -407,13 +417,9 @@ def test_a_moved_project_is_detected_relocated_and_predicts(
     moved = tmp_path_factory.mktemp("elsewhere") / "project"
     shutil.copytree(root, moved)
     shutil.rmtree(root)
-    params = ["--params", str(moved / "params.yaml")]
 
     def cli(*args: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main([*params, *args])
-        return code, out.getvalue(), err.getvalue()
+        return _cli(moved / "params.yaml", *args)
 
     code, _, err = cli("predict", str(ct_files[0]))
     assert code == 2 and "myelomet doctor --relocate" in err and str(root) in err

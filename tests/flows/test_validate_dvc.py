@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 DVC_YAML = {
     "stages": {
         "validate": {
-            "cmd": "python -m flows.validate --params params.yaml",
+            "cmd": "myelomet validate",
             "params": ["classes", "ingest.out", "split", "validation"],
             "deps": [
                 "${ingest.out}/manifest.csv",
@@ -59,7 +59,7 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A git+DVC repository with the validate stage, a stage after it, and good data."""
     root = tmp_path / "project"
     root.mkdir()
-    for package in ("components", "flows"):
+    for package in ("components", "flows", "myelomet"):
         shutil.copytree(
             REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
         )

@@ -1,5 +1,6 @@
 """The `validate` flow against a temporary Prefect server: good data passes and publishes
-the result table, bad data fails the flow run and `main` exits 1 naming the expectation."""
+the result table, bad data fails the flow run and `myelomet validate` exits 1 naming the
+expectation."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from prefect.artifacts import Artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows import validate as validate_module
-from flows.validate import ARTIFACT_KEY, main, validate
+from flows.validate import ARTIFACT_KEY, validate
+from myelomet.cli import main
 from tests.components.test_validation import write_dataset
 
 
@@ -71,9 +73,9 @@ def test_bad_data_fails_the_flow_run_after_writing_docs_and_summary(tmp_path):
     )
 
 
-def test_main_exits_1_naming_the_failed_expectation_and_0_in_one_line(tmp_path, capsys):
+def test_the_command_exits_1_naming_the_failed_expectation_and_0_in_one_line(tmp_path, capsys):
     params = _project(tmp_path)
-    assert main(params) == 0
+    assert main(["--params", str(params), "validate"]) == 0
     out, _ = capsys.readouterr()
     assert len(out.strip().splitlines()) == 1
     assert "passed" in out
@@ -82,7 +84,7 @@ def test_main_exits_1_naming_the_failed_expectation_and_0_in_one_line(tmp_path, 
     split = pd.read_csv(split_path)
     split.loc[split.index[split["split"] == "train"][0], "split"] = "val"
     split.to_csv(split_path, index=False)
-    assert main(params) == 1
+    assert main(["--params", str(params), "validate"]) == 1
     _, err = capsys.readouterr()
     assert "split.patient_in_one_split" in err
     assert "patient=pt-" in err
