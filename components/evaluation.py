@@ -646,6 +646,25 @@ def write_outputs(results: EvaluationResults, reports_dir: str | Path) -> dict[s
     return paths
 
 
+def run_metrics(candidate: CandidateResult) -> dict[str, float]:
+    """A candidate's validation and test metrics for its MLflow run, under the same names
+    for every candidate (`test_patient_auc`, `test_patient_auc_ci_low`, ...) so that the
+    Compare view and `search_runs(order_by=...)` rank candidates; finite values only."""
+    out = {}
+    for split in SPLITS:
+        for level, metrics in candidate.metrics[split].items():
+            for metric, estimate in metrics.items():
+                name = f"{split}_{level}_{metric}"
+                for suffix, value in (
+                    ("", estimate.value),
+                    ("_ci_low", estimate.ci_low),
+                    ("_ci_high", estimate.ci_high),
+                ):
+                    if math.isfinite(value):
+                        out[name + suffix] = float(value)
+    return out
+
+
 def headline_metrics(results: EvaluationResults) -> dict[str, float]:
     """Test-set point values of every candidate, flat, for the study's MLflow run."""
     return {

@@ -16,11 +16,12 @@ import os
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components import markdown
 from components.config import BACKBONES
 
 STATE_DIR = ".myelomet/study"
@@ -281,17 +282,6 @@ def restore_workspace(root: Path, snapshot: WorkspaceSnapshot, log: Callable[[st
     return returncode == 0
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    """A GitHub-style markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def validation_markdown(summary_path: Path, docs_index: Path) -> str:
     """The validation summary (`reports/validation.json`) as markdown.
 
@@ -314,7 +304,7 @@ def validation_markdown(summary_path: Path, docs_index: Path) -> str:
             "",
             f"{summary['evaluated']} expectations evaluated, {summary['failed']} failed.",
             "",
-            markdown_table(("suite", "result", "evaluated", "failed"), rows),
+            markdown.table(("suite", "result", "evaluated", "failed"), rows),
             "",
             f"Details: Great Expectations Data Docs `{docs_index}`.",
         ]
@@ -352,7 +342,7 @@ def table2_markdown(metrics_path: Path, level: str = "slice") -> str:
         [
             f"# Table 2: test set, {level} level (95% CI)",
             "",
-            markdown_table(header, rows),
+            markdown.table(header, rows),
             "",
             f"Selected on validation by `{selection['metric']}`: **{selection['selected']}**.",
         ]

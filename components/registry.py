@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -44,21 +44,24 @@ from mlflow.types.schema import ColSpec, Schema
 
 from components.backbones import ModelFileError
 from components.config import Config, Window
-from components.evaluation import EvaluationResults
+from components.evaluation import EvaluationResults, run_metrics
 from components.metric_names import (
-    ALL_METRICS,
-    LEVELS,
     LOWER_IS_BETTER,
     THRESHOLD_METRICS,
     parse_metric_name,
 )
 from components.metrics import aggregate_patients, resampled_metrics
+from components.model_card import CARD_FILE, model_card
 from components.serving import MemberSpec, Predictor, ServingSpec
-from components.tracking import KIND_TAG, PARENT_TAG, Store, connect, git_commit, resolve_store
+from components.tracking import (
+    Store,
+    candidate_run,
+    connect,
+    git_commit,
+    log_run_metrics,
+    resolve_store,
+)
 from components.training import METRICS_FILE, MODEL_FILE
-
-if TYPE_CHECKING:
-    from components.report import RegistryOutcome
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -71,6 +74,7 @@ BACKBONES_TAG = "backbones"
 DATA_VERSION_TAG = "data_version"
 GIT_COMMIT_TAG = "git_commit"
 WEIGHTS_TAG = "weights"
+BACKEND_TAG = "keras_backend"
 TEST_TAG_PREFIX = "test."
 PROMOTION_PREFIX = "promotion."
 
@@ -100,6 +104,33 @@ _PINNED = (
     "pylibjpeg-openjpeg",
     "pylibjpeg-rle",
 )
+
+
+@dataclass(frozen=True)
+class RegistryOutcome:
+    """What the register stage did with the selected model.
+
+    Attributes:
+        model_name: registered model name (params `evaluation.registered_model`).
+        version: the version just registered.
+        alias: `champion` when promoted, else `challenger`.
+        candidate: the candidate registered (a backbone or `ensemble`).
+        metric: the metric the challenger and champion were compared on.
+        value: the new version's value of `metric`.
+        previous_version: the champion before this run; None when there was none.
+        previous_value: that champion's value of `metric` on the same test set.
+        reason: one sentence on why it was or was not promoted.
+    """
+
+    model_name: str
+    version: str
+    alias: str
+    candidate: str
+    metric: str
+    value: float
+    previous_version: str | None = None
+    previous_value: float | None = None
+    reason: str = ""
 
 
 def _output_columns(probability_key: str) -> tuple[str, ...]:
@@ -249,7 +280,7 @@ class LoggedCandidate:
 
     Attributes:
         model_uri: the logged model's URI (models:/m-...).
-        run_id: the registration run, a child of the study run.
+        run_id: the candidate's run, a child of the study run.
         tags: candidate, backbones, data_version, weights, git_commit and thresholds, for the
             model version.
     """
@@ -282,7 +313,7 @@ def log_candidate(
     root: Path | None = None,
     crop: float = 1.0,
 ) -> LoggedCandidate:
-    """Log a candidate as the pyfunc in a child run of the study.
+    """Log a candidate as the pyfunc in its run of the study (`tracking.candidate_run`).
 
     The models are loaded and traced once here, with the code `load_context` runs, so a
     candidate that cannot be served fails before it is registered.
@@ -301,7 +332,7 @@ def log_candidate(
         crop: the centre crop of the inputs (InputConfig.crop).
 
     Returns:
-        The logged model's URI, its run and the tags for its model version.
+        The logged model's URI, the candidate's run and the tags for its model version.
 
     Raises:
         FileNotFoundError: a member has no model.keras or metrics.json.
@@ -334,16 +365,13 @@ def log_candidate(
         DATA_VERSION_TAG: versions.pop(),
         WEIGHTS_TAG: ",".join(str(info[b].get("weights")) for b in members),
         GIT_COMMIT_TAG: (git_commit(root) if root is not None else None) or "none",
+        BACKEND_TAG: spec.keras_backend,
         **{f"threshold.{k}": f"{v:.6g}" for k, v in spec.thresholds.items()},
     }
-    experiment_id = connect(store)
-    run_tags = {PARENT_TAG: parent_run_id, KIND_TAG: "registration", **tags}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        mlflow.start_run(
-            experiment_id=experiment_id, run_name=f"register {candidate}", tags=run_tags
-        ) as run,
-    ):
+    connect(store)
+    run_id = candidate_run(store, parent_run_id, candidate, members)
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id) as run:
+        mlflow.set_tags(tags)
         spec_file = Path(tmp) / SPEC_FILE
         spec_file.write_text(spec.to_json())
         logged = mlflow.pyfunc.log_model(
@@ -477,7 +505,6 @@ def register_and_promote(
     Raises:
         ValueError: tags lack candidate or data_version, or the metric name is invalid.
     """
-    from components.report import RegistryOutcome
 
     missing = [t for t in (CANDIDATE_TAG, DATA_VERSION_TAG) if t not in tags]
     if missing:
@@ -667,12 +694,6 @@ def register_selected(
         crop=cfg.input.crop,
     )
     test = chosen.metrics["test"]
-    metrics = {
-        f"{TEST_TAG_PREFIX}{level}_{m}": repr(test[level][m].value)
-        for level in LEVELS
-        for m in ALL_METRICS
-        if math.isfinite(test[level][m].value)
-    }
     metric = cfg.evaluation.select_metric
     level, name = parse_metric_name(metric)
 
@@ -682,13 +703,20 @@ def register_selected(
         )
         return rescorer(hu, y, patients, metric, cfg.evaluation.calibration_bins)(model_uri)
 
-    return register_and_promote(
+    outcome = register_and_promote(
         store,
         logged.model_uri,
         cfg.evaluation.registered_model,
-        {**logged.tags, **metrics},
+        logged.tags,
         metric,
         test[level][name].value,
         rescore,
         cfg.evaluation.min_improvement,
     )
+    split = pd.read_csv(cfg.path(cfg.split.out), dtype=str)
+    card = model_card(cfg, results, logged.tags, outcome, split)
+    log_run_metrics(store, logged.run_id, run_metrics(chosen))
+    client = MlflowClient(store.tracking_uri)
+    client.log_text(logged.run_id, card, CARD_FILE)
+    client.update_model_version(outcome.model_name, outcome.version, description=card)
+    return outcome

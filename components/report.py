@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -23,6 +24,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from components import markdown
 from components.evaluation import (
     ENSEMBLE,
     EvaluationResults,
@@ -33,6 +35,9 @@ from components.evaluation import (
 )
 from components.metric_names import LEVELS, METRICS, parse_metric_name
 from components.metrics import Estimate
+
+if TYPE_CHECKING:
+    from components.registry import RegistryOutcome
 
 # Table 2 of Şimşek MK, Çetinoğlu YK, Bırcan R, Balcı A. Differentiating multiple myeloma and
 # osteolytic bone metastasis on spinal CT scan: a comprehensive study using convolutional
@@ -286,33 +291,6 @@ class LeakageComparison:
                 raise ValueError(f"{backbone} is not among the {name}-split candidates")
             metrics.append(results.candidates[backbone].metrics["test"][level])
         return cls(backbone, metrics[0], metrics[1], level)
-
-
-@dataclass(frozen=True)
-class RegistryOutcome:
-    """What the register stage did with the selected model.
-
-    Attributes:
-        model_name: registered model name (params `evaluation.registered_model`).
-        version: the version just registered.
-        alias: `champion` when promoted, else `challenger`.
-        candidate: the candidate registered (a backbone or `ensemble`).
-        metric: the metric the challenger and champion were compared on.
-        value: the new version's value of `metric`.
-        previous_version: the champion before this run; None when there was none.
-        previous_value: that champion's value of `metric` on the same test set.
-        reason: one sentence on why it was or was not promoted.
-    """
-
-    model_name: str
-    version: str
-    alias: str
-    candidate: str
-    metric: str
-    value: float
-    previous_version: str | None = None
-    previous_value: float | None = None
-    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -1238,12 +1216,6 @@ def write_study_report(
     return StudyReport(html=out, figures=figures)
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def write_training_summary(results: Mapping[str, Mapping], path: str | Path) -> Path:
     """Write the validation results of each trained backbone as a small JSON (a DVC metric).
 
@@ -1283,7 +1255,7 @@ def training_markdown(results: Mapping[str, Mapping], failures: Mapping[str, str
     ]
     rows += [(name, "**failed**", "", "", "", "", "", error) for name, error in failures.items()]
     header = ("backbone", "status", "weights", "size", "epochs", "val AUC", "val accuracy", "time")
-    return "# Training\n\n" + _markdown_table(header, rows)
+    return "# Training\n\n" + markdown.table(header, rows)
 
 
 def results_markdown(results: EvaluationResults, registry: RegistryOutcome | None) -> str:
@@ -1315,7 +1287,7 @@ def results_markdown(results: EvaluationResults, registry: RegistryOutcome | Non
     lines = [
         "# Study results (test set, 95% CI)",
         "",
-        _markdown_table(header, rows),
+        markdown.table(header, rows),
         "",
         f"Selected on validation by `{results.select_metric}`: **{results.selected}**.",
     ]

@@ -10,10 +10,10 @@ import pandas as pd
 
 from components.config import Config
 from components.evaluation import ENSEMBLE, EvaluationResults, evaluate, load_predictions
+from components.registry import RegistryOutcome
 from components.report import (
     DataSummary,
     LeakageComparison,
-    RegistryOutcome,
     StudyInputs,
     load_histories,
     load_weights_info,

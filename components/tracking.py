@@ -15,12 +15,14 @@ import math
 import os
 import socket
 import subprocess
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import mlflow
+from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -31,11 +33,15 @@ if TYPE_CHECKING:
     import keras
     import numpy as np
     from matplotlib.figure import Figure
+    from mlflow.entities import DatasetInput
 
 log = logging.getLogger(__name__)
 
 BACKBONE_TAG = "backbone"
 KIND_TAG = "myelomet.kind"
+# MLflow 3's UI opens an experiment of this kind on its training runs, not the GenAI overview.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 OWNER_TAG = "myelomet.owner"
 PARENT_TAG = "mlflow.parentRunId"
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
@@ -121,12 +127,16 @@ def connect(store: Store) -> str:
     if experiment is None:
         try:
             return client.create_experiment(
-                store.experiment, artifact_location=store.artifact_location
+                store.experiment,
+                artifact_location=store.artifact_location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except MlflowException:  # another process created it first
             experiment = client.get_experiment_by_name(store.experiment)
             if experiment is None:
                 raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     if experiment.lifecycle_stage == "deleted":
         raise ValueError(
             f"MLflow experiment {store.experiment!r} is deleted; restore it with "
@@ -297,6 +307,70 @@ def outcome_tags(results: Mapping[str, Mapping[str, Any]], failures: Mapping[str
     return tags
 
 
+def dataset_inputs(files: Mapping[str, Path], digest: str) -> list[DatasetInput]:
+    """The manifest and split (name -> CSV) as MLflow dataset inputs of the data version
+    `digest`: the runs table's Dataset column. Only their schema and row counts are stored."""
+    import pandas as pd
+    from mlflow.data import from_pandas
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    return [
+        DatasetInput(
+            from_pandas(
+                pd.read_csv(path), source=str(path), name=name, digest=digest[:36]
+            )._to_mlflow_entity(),
+            [InputTag(MLFLOW_DATASET_CONTEXT, "training")],
+        )
+        for name, path in files.items()
+    ]
+
+
+def candidate_run(
+    store: Store,
+    parent_run_id: str,
+    candidate: str,
+    members: Sequence[str],
+    datasets: Sequence[DatasetInput] = (),
+) -> str:
+    """The run of a candidate in the study, where its evaluation metrics and, once chosen,
+    its registered model go (MLflow's Compare view ranks these runs): the backbone's
+    training run, or a new child run for the ensemble and for a backbone whose training was
+    reused from an earlier study.
+    """
+    client = MlflowClient(store.tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' "
+        f"and tags.`{BACKBONE_TAG}` = '{candidate}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    tags = {
+        PARENT_TAG: parent_run_id,
+        BACKBONE_TAG: candidate,
+        KIND_TAG: "candidate",
+        "members": ",".join(members),
+    }
+    run_id = client.create_run(experiment_id, run_name=candidate, tags=tags).info.run_id
+    if datasets:
+        client.log_inputs(run_id, datasets=list(datasets))
+    client.set_terminated(run_id)
+    return run_id
+
+
+def log_run_metrics(store: Store, run_id: str, metrics: Mapping[str, float]) -> None:
+    """Log metrics (finite ones, at step 0) into a run, open or closed; a value logged again
+    replaces the shown one."""
+    now = int(time.time() * 1000)
+    finite = [Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(v)]
+    client = MlflowClient(store.tracking_uri)
+    for start in range(0, len(finite), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=finite[start : start + 1000])
+
+
 class BackboneRun:
     """The active run of one backbone; every method logs to it."""
 
@@ -329,6 +403,9 @@ class BackboneRun:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(str(path), artifact_path)
+
+    def log_inputs(self, datasets: Sequence[DatasetInput]) -> None:
+        MlflowClient().log_inputs(self.run_id, datasets=list(datasets))
 
     def log_figure(self, figure: Figure, artifact_file: str) -> None:
         mlflow.log_figure(figure, artifact_file)

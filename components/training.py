@@ -415,7 +415,10 @@ def _maybe_run(
 
 
 def _start_logging(run: BackboneRun, cfg: Config, plan: _Plan, data: TrainingData) -> None:
-    from components.tracking import git_commit
+    from components.tracking import dataset_inputs, git_commit
+
+    manifest, split = data_paths(cfg)
+    run.log_inputs(dataset_inputs({"manifest": manifest, "split": split}, plan.version))
 
     run.set_tags(
         {

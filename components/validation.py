@@ -47,6 +47,7 @@ from great_expectations.expectations.expectation import BatchExpectation
 from great_expectations.expectations.row_conditions import Column
 from tqdm import tqdm
 
+from components import markdown
 from components.config import ValidationConfig
 from components.split import SPLITS
 
@@ -884,33 +885,31 @@ def success_line(report: ValidationReport) -> str:
     )
 
 
-def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def markdown_table(report: ValidationReport) -> str:
     """The result as markdown: one table of suites, one of every expectation."""
     status = {True: "passed", False: "**FAILED**"}
     lines = [
         f"Data validation {status[report.success]}. Data Docs: `{report.docs_index}`",
         "",
-        "| suite | result | evaluated | failed |",
-        "|---|---|---|---|",
-    ]
-    lines += [
-        f"| {s.name} | {status[s.success]} | {s.evaluated} | {len(s.failed)} |"
-        for s in report.suites
-    ]
-    lines += [
+        markdown.table(
+            ("suite", "result", "evaluated", "failed"),
+            [(s.name, status[s.success], s.evaluated, len(s.failed)) for s in report.suites],
+        ),
         "",
-        "| suite | check | column | expected | result | evidence |",
-        "|---|---|---|---|---|---|",
+        markdown.table(
+            ("suite", "check", "column", "expected", "result", "evidence"),
+            [
+                (
+                    s.name,
+                    e.check,
+                    e.column or "",
+                    e.description,
+                    status[e.success],
+                    "" if e.success else _evidence(e),
+                )
+                for s in report.suites
+                for e in s.expectations
+            ],
+        ),
     ]
-    for s in report.suites:
-        for e in s.expectations:
-            evidence = "" if e.success else _evidence(e)
-            lines.append(
-                f"| {s.name} | {e.check} | {_cell(e.column or '')} | {_cell(e.description)} "
-                f"| {status[e.success]} | {_cell(evidence)} |"
-            )
     return "\n".join(lines) + "\n"

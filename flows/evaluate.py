@@ -24,8 +24,15 @@ from prefect.settings import get_current_settings
 
 from components import registry, study, tracking
 from components.config import Config, load_config
-from components.evaluation import EvaluationResults, headline_metrics, write_outputs
-from components.report import RegistryOutcome, results_markdown, write_study_report
+from components.evaluation import (
+    EvaluationResults,
+    headline_metrics,
+    run_metrics,
+    write_outputs,
+)
+from components.registry import RegistryOutcome
+from components.report import results_markdown, write_study_report
+from components.training_data import data_paths, data_version
 from flows.train import STUDY_FILE
 
 ARTIFACT_KEY = "study-results"
@@ -46,6 +53,19 @@ def write_metrics(cfg: Config, results: EvaluationResults) -> dict[str, Path]:
 @task(name="check-tracking-store", **_TASK)
 def check_store(cfg: Config, parent_run_id: str) -> None:
     tracking.require_run(tracking.resolve_store(cfg.tracking, cfg.root), parent_run_id)
+
+
+@task(name="log-candidate-runs", **_TASK)
+def log_candidates(cfg: Config, results: EvaluationResults, parent_run_id: str) -> None:
+    """Every candidate's validation and test metrics into its own run of the study."""
+    store = tracking.resolve_store(cfg.tracking, cfg.root)
+    manifest, split = data_paths(cfg)
+    datasets = tracking.dataset_inputs(
+        {"manifest": manifest, "split": split}, data_version(manifest, split)
+    )
+    for name, candidate in results.candidates.items():
+        run_id = tracking.candidate_run(store, parent_run_id, name, candidate.members, datasets)
+        tracking.log_run_metrics(store, run_id, run_metrics(candidate))
 
 
 @task(name="register-and-promote", **_TASK)
@@ -124,6 +144,7 @@ def evaluate(params: str = "params.yaml") -> dict[str, Any]:
     check_store(cfg, parent_run_id)
     results = score(cfg, backbones)
     paths = write_metrics(cfg, results)
+    log_candidates(cfg, results, parent_run_id)
     outcome = register(cfg, results, parent_run_id)
     gradcam_path = gradcam(cfg, results)
     html = write_report(cfg, results, backbones, outcome, gradcam_path, parent_run_id)

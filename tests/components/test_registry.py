@@ -21,6 +21,7 @@ from components.config import Config, EvaluationConfig, TrackingConfig, load_con
 from components.dicom import read_ct
 from components.evaluation import evaluate
 from components.metrics import aggregate_patients, roc_auc, threshold_metrics
+from components.report import format_estimate
 from myelomet.cli import main
 from tests.dicom_factory import write_ct_files, write_mr, write_multiframe
 from tests.model_factory import (
@@ -83,8 +84,8 @@ def test_the_candidate_is_logged_as_a_pyfunc_in_a_child_run_of_the_study(store, 
     client = MlflowClient(store.tracking_uri)
     run = client.get_run(logged.run_id)
     assert run.data.tags[tracking.PARENT_TAG] == study
-    assert run.data.tags[tracking.KIND_TAG] == "registration"
-    assert run.data.tags["candidate"] == BACKBONE
+    assert run.data.tags[tracking.KIND_TAG] == "candidate"
+    assert run.data.tags[tracking.BACKBONE_TAG] == run.data.tags["candidate"] == BACKBONE
     assert logged.tags["data_version"] == "dv1"
     assert logged.tags["backbones"] == BACKBONE
     assert logged.tags["threshold.slice"] == "0.4"
@@ -375,23 +376,32 @@ def test_register_selected_logs_registers_and_rescores_a_champion_of_other_data(
     results = evaluate({BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0)
     chosen = results.candidates[BACKBONE]
 
-    first = registry.register_selected(cfg, results, "parent-run")
-
     store = tracking.resolve_store(cfg.tracking, root)
+    study_run = tracking.start_study(store, "study")
+    first = registry.register_selected(cfg, results, study_run)
+
     assert (first.version, first.alias, first.candidate) == ("1", "champion", BACKBONE)
     tags = _tags(store, "myelomet", "1")
     assert float(tags["test.patient_auc"]) == chosen.metrics["test"]["patient"]["auc"].value
-    assert (
-        float(tags["test.slice_sensitivity"])
-        == chosen.metrics["test"]["slice"]["sensitivity"].value
-    )
+    assert not any(k.startswith("test.slice") for k in tags)  # metrics live in run and card
     assert float(tags["threshold.slice"]) == pytest.approx(chosen.thresholds["slice"], rel=1e-5)
+    client = MlflowClient(store.tracking_uri)
+    version = client.get_model_version("myelomet", "1")
+    sensitivity = chosen.metrics["test"]["slice"]["sensitivity"]
+    run = client.get_run(version.run_id).data.metrics
+    assert run["test_slice_sensitivity"] == sensitivity.value
+    assert run["test_slice_sensitivity_ci_low"] == sensitivity.ci_low
+    card = Path(client.download_artifacts(version.run_id, "model_card.md", str(root))).read_text()
+    assert version.description == card
+    assert "Research use only" in card and "myelomet version 1" in card
+    assert f"| AUC | {format_estimate(chosen.metrics['test']['slice']['auc'], 3)} |" in card
+    assert "random initialisation" in card and "champion" in card
 
     metrics_file = root / "models" / BACKBONE / "metrics.json"
     metrics_file.write_text(
         json.dumps({**json.loads(metrics_file.read_text()), "data_version": "dv2"})
     )
-    second = registry.register_selected(cfg, results, "parent-run")
+    second = registry.register_selected(cfg, results, study_run)
 
     test = predictions[predictions["split"] == "test"]
     per_patient = aggregate_patients(
@@ -412,7 +422,8 @@ def test_a_moved_project_is_detected_relocated_and_predicts(
     (root / "params.yaml").write_text("evaluation: {n_bootstrap: 10}\n")
     cfg = load_config(root / "params.yaml")
     results = evaluate({BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0)
-    registry.register_selected(cfg, results, "parent-run")
+    store = tracking.resolve_store(cfg.tracking, root)
+    registry.register_selected(cfg, results, tracking.start_study(store, "study"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # set by MLflow; a new shell has the project's
     moved = tmp_path_factory.mktemp("elsewhere") / "project"
     shutil.copytree(root, moved)

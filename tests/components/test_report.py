@@ -16,12 +16,12 @@ from components.config import BACKBONES
 from components.evaluation import ENSEMBLE, evaluate
 from components.metric_names import THRESHOLD_METRICS
 from components.metrics import Estimate
+from components.registry import RegistryOutcome
 from components.report import (
     FIGURES,
     PAPER_TABLE2,
     DataSummary,
     LeakageComparison,
-    RegistryOutcome,
     StudyInputs,
     WeightsInfo,
     confusion_grid,

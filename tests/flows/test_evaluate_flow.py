@@ -246,6 +246,30 @@ def test_promotion_holds_a_prefect_global_concurrency_limit_of_one(first):
         pass  # a second promotion waits while the first holds the slot
 
 
+def test_every_candidate_run_ranks_in_mlflow_by_its_test_metrics(project, first):
+    client = _client(project)
+    cfg = load_config(project / "params.yaml")
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+    parent = json.loads((project / "models" / STUDY_FILE).read_text())["parent_run_id"]
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`{tracking.PARENT_TAG}` = '{parent}' and metrics.test_patient_auc >= 0",
+        order_by=["metrics.test_patient_auc DESC"],
+    )
+    names = [r.data.tags[tracking.BACKBONE_TAG] for r in runs]
+    assert sorted(names) == sorted(CANDIDATES)
+    aucs = [r.data.metrics["test_patient_auc"] for r in runs]
+    assert aucs == sorted(aucs, reverse=True)
+    for run in runs:
+        candidate = first["metrics"]["candidates"][run.data.tags[tracking.BACKBONE_TAG]]
+        auc = candidate["test"]["patient"]["auc"]
+        assert run.data.metrics["test_patient_auc"] == pytest.approx(auc["value"])
+        assert run.data.metrics["test_patient_auc_ci_low"] == pytest.approx(auc["ci_low"])
+        assert "val_slice_auc" in run.data.metrics
+        assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"manifest", "split"}
+
+
 def test_the_prefect_artifact_holds_the_results(first):
     markdown = Artifact.get(ARTIFACT_KEY).data
     assert f"**{first['selected']}**" in markdown
