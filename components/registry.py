@@ -133,8 +133,20 @@ class RegistryOutcome:
     reason: str = ""
 
 
-def _output_columns(probability_key: str) -> tuple[str, ...]:
+def _output_columns(probability_key: str, per: str = "slice") -> tuple[str, ...]:
+    if per == "series":
+        return ("series", probability_key, "label", "threshold", "n_slices", "n_rejected", "error")
     return ("file", "frame", probability_key, "label", "threshold", "error")
+
+
+def _per(frame: pd.DataFrame) -> str:
+    """The `per` column's one value (`slice` by default, or `series`)."""
+    values = {str(v) for v in frame["per"] if _present(v)} if "per" in frame.columns else set()
+    if not values <= {"slice", "series"} or len(values) > 1:
+        raise MlflowException.invalid_parameter_value(
+            f"per is {sorted(values)}: give one value for all rows, 'slice' (default) or 'series'"
+        )
+    return values.pop() if values else "slice"
 
 
 class MyelometModel(mlflow.pyfunc.PythonModel):
@@ -169,12 +181,15 @@ class MyelometModel(mlflow.pyfunc.PythonModel):
 
         Args:
             context: unused; the artifacts were read by load_context.
-            model_input: a `dicom` (bytes) and/or `path` column, optional `name`.
+            model_input: a `dicom` (bytes) and/or `path` column, optional `name`, optional
+                `per` (`slice`, the default, or `series` in every row).
             params: unused.
 
         Returns:
-            Columns file, frame, p_<positive>, label, threshold, error; one row per slice
-            (frame set for multi-frame files) or per unusable file (error set).
+            Per slice: columns file, frame, p_<positive>, label, threshold, error; one row
+            per slice (frame set for multi-frame files) or per unusable file (error set).
+            Per series: series, p_<positive>, label, threshold, n_slices, n_rejected, error
+            (see `Predictor.predict_series`).
 
         Raises:
             MlflowException: (HTTP 400 when served) no dicom or path column, a row without
@@ -184,8 +199,12 @@ class MyelometModel(mlflow.pyfunc.PythonModel):
         if self.predictor is None:
             raise RuntimeError("the model is not loaded; load it with mlflow.pyfunc.load_model")
         sources, names = self._sources(model_input)
-        rows = self.predictor.predict_sources(sources, names)
-        columns = _output_columns(self.predictor.spec.probability_key)
+        per = _per(model_input)
+        if per == "series":
+            rows = self.predictor.predict_series(sources, names)
+        else:
+            rows = self.predictor.predict_sources(sources, names)
+        columns = _output_columns(self.predictor.spec.probability_key, per)
         return pd.DataFrame(
             [[row.get(c) for c in columns] for row in rows], columns=list(columns), dtype=object
         )
@@ -242,19 +261,24 @@ def _model_key(backbone: str) -> str:
 
 
 def signature(probability_key: str) -> ModelSignature:
-    """The pyfunc's signature: optional dicom (binary), path and name in; one row per slice out."""
+    """The pyfunc's signature: optional dicom (binary), path, name and per in; the columns of
+    a per-slice or a per-series answer out."""
     inputs = Schema(
         [
             ColSpec("binary", "dicom", required=False),
             ColSpec("string", "path", required=False),
             ColSpec("string", "name", required=False),
+            ColSpec("string", "per", required=False),
         ]
     )
-    types = ("string", "long", "double", "string", "double", "string")
+    types = {"frame": "long", "threshold": "double", "n_slices": "long", "n_rejected": "long"}
+    columns = dict.fromkeys(
+        (*_output_columns(probability_key), *_output_columns(probability_key, "series"))
+    )
     outputs = Schema(
         [
-            ColSpec(t, c, required=c == "file")
-            for t, c in zip(types, _output_columns(probability_key), strict=True)
+            ColSpec(types.get(c, "double" if c == probability_key else "string"), c, required=False)
+            for c in columns
         ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs)

@@ -285,9 +285,41 @@ class Predictor:
         self, sources: Sequence[Source], names: Sequence[str] | None = None
     ) -> Iterator[dict[str, Any]]:
         """As `predict_sources`, yielding rows batch by batch (for long folders)."""
+        for row, _ in self._rows(sources, names):
+            yield row
+
+    def predict_series(
+        self, sources: Sequence[Source], names: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """One answer per series (the patient-level operating point of evaluation).
+
+        Slices are grouped by SeriesInstanceUID within their folder. A series is named by its
+        folder (`<folder> (series k)` when a folder holds several; `series k` for contents
+        sent without a folder), never by a UID.
+
+        Returns:
+            Per series `{"series", "p_<positive>", "label", "threshold", "n_slices",
+            "n_rejected"}`: the mean slice probability against the patient threshold chosen
+            on validation (the slice one when none was). Rejected files count against their
+            folder's series; a folder with none usable gets `{"series", "error", ...}`.
+        """
+        groups: dict[tuple[str, str], list[float]] = {}
+        rejected: dict[str, int] = {}
+        for row, uid in self._rows(sources, names):
+            folder = _folder(row["file"])
+            if "error" in row:
+                rejected[folder] = rejected.get(folder, 0) + 1
+            else:
+                groups.setdefault((folder, uid), []).append(row[self.spec.probability_key])
+        return _series_rows(groups, rejected, self.spec)
+
+    def _rows(
+        self, sources: Sequence[Source], names: Sequence[str] | None
+    ) -> Iterator[tuple[dict[str, Any], str]]:
+        """Every slice's row (or an item's error row), with its SeriesInstanceUID."""
         if names is not None and len(names) != len(sources):
             raise ValueError(f"{len(names)} names for {len(sources)} sources")
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[dict[str, Any], str]] = []
         pending: list[tuple[dict[str, Any], np.ndarray]] = []
         for name, item in _expand(sources, names):
             try:
@@ -295,12 +327,12 @@ class Predictor:
                     raise item
                 image = read_ct(self._checked(item), self.max_frame_pixels)
             except DicomRejected as exc:
-                rows.append({"file": name, "error": str(exc) + _base64_hint(item, exc)})
+                rows.append(({"file": name, "error": str(exc) + _base64_hint(item, exc)}, ""))
                 continue
             multi = len(image.hu) > 1
             for frame, hu in enumerate(image.hu):
                 row: dict[str, Any] = {"file": name, "frame": frame} if multi else {"file": name}
-                rows.append(row)
+                rows.append((row, image.series_instance_uid))
                 pending.append((row, hu))
             if len(pending) >= PREDICT_BATCH:
                 self._fill(pending)
@@ -366,6 +398,49 @@ def _expand(
             )
         for file in files:
             yield (str(file) if names is None else f"{name}/{file.relative_to(path)}"), file
+
+
+def _folder(file: str) -> str:
+    """The folder a row's file is in; "" for a file named without one (contents)."""
+    parent = str(Path(file).parent)
+    return "" if parent == "." else parent
+
+
+def _series_rows(
+    groups: Mapping[tuple[str, str], list[float]], rejected: Mapping[str, int], spec: ServingSpec
+) -> list[dict[str, Any]]:
+    """The rows of `Predictor.predict_series`."""
+    threshold = float(spec.thresholds.get("patient", spec.threshold))
+    series_of: dict[str, list[str]] = {}
+    for folder, uid in groups:
+        series_of.setdefault(folder, []).append(uid)
+    out = []
+    for (folder, uid), probabilities in groups.items():
+        k = series_of[folder].index(uid) + 1
+        alone = len(series_of[folder]) == 1
+        name = folder if folder and alone else f"{folder} (series {k})" if folder else f"series {k}"
+        p = float(np.mean(probabilities))
+        out.append(
+            {
+                "series": name,
+                spec.probability_key: p,
+                "label": spec.positive_class if p >= threshold else spec.negative_class,
+                "threshold": threshold,
+                "n_slices": len(probabilities),
+                "n_rejected": rejected.get(folder, 0) if alone else 0,
+            }
+        )
+    for folder, count in rejected.items():
+        if len(series_of.get(folder, [])) != 1:  # none to count them against, or several
+            out.append(
+                {
+                    "series": folder or "unnamed",
+                    "error": "files that are not usable CT; the per-slice output says why",
+                    "n_slices": 0,
+                    "n_rejected": count,
+                }
+            )
+    return out
 
 
 def _base64_hint(item: Path | bytes | DicomRejected, exc: DicomRejected) -> str:

@@ -153,8 +153,8 @@ def _leakage(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _predict(args: argparse.Namespace, cfg: Config) -> int:
-    """One JSON line per slice on stdout; 0 when at least one slice was predicted, 1 when
-    every item errored, 2 when the model cannot be loaded."""
+    """One JSON line per slice (or per series) on stdout; 0 when at least one was predicted,
+    1 when every item errored, 2 when the model cannot be loaded."""
     import json
 
     from mlflow.exceptions import MlflowException
@@ -177,8 +177,12 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.per == "series":
+        rows = iter(predictor.predict_series(args.paths))
+    else:
+        rows = predictor.iter_predictions(args.paths)
     n_rows = n_errors = 0
-    for row in predictor.iter_predictions(args.paths):
+    for row in rows:
         print(json.dumps(row), flush=True)
         n_rows += 1
         n_errors += "error" in row
@@ -263,6 +267,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="p_mm of every CT slice of DICOM files or folders (JSON)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="DICOM files or folders")
     p.add_argument("--model", help="model URI (default: models:/<registered_model>@champion)")
+    p.add_argument(
+        "--per",
+        choices=["slice", "series"],
+        default="slice",
+        help="one line per slice (default) or per series: the mean slice probability "
+        "against the patient threshold chosen on validation",
+    )
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("doctor", help="check the project's MLflow store after a move or copy")

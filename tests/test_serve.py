@@ -75,6 +75,21 @@ def test_a_dicom_as_base64_gets_the_in_process_prediction(served, dicom_file):
     assert (row["label"], row["threshold"]) == (expected["label"], CHAMPION_THRESHOLD)
 
 
+def test_per_series_the_server_answers_once_per_series(served, dicom_file):
+    url, local = served
+    raw = dicom_file.read_bytes()
+    data = [[_b64(raw), "scan/1.dcm", "series"], [_b64(b"junk"), "scan/2.dcm", "series"]]
+    body = {"dataframe_split": {"columns": ["dicom", "name", "per"], "data": data}}
+
+    response = requests.post(f"{url}/invocations", json=body, timeout=60)
+
+    assert response.status_code == 200, response.text
+    [row] = response.json()["predictions"]
+    [slice_row] = local.predict({"dicom": [raw], "name": ["scan/1.dcm"]}).to_dict(orient="records")
+    assert (row["series"], row["n_slices"], row["n_rejected"]) == ("scan", 1, 1)
+    assert row["p_mm"] == pytest.approx(slice_row["p_mm"], rel=1e-4) and row["error"] is None
+
+
 def test_records_with_a_bad_item_still_predict_the_good_one(served, dicom_file):
     url, _ = served
     records = [{"dicom": _b64(dicom_file.read_bytes())}, {"dicom": _b64(b"junk")}]

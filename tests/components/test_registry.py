@@ -91,10 +91,10 @@ def test_the_candidate_is_logged_as_a_pyfunc_in_a_child_run_of_the_study(store, 
     assert logged.tags["threshold.slice"] == "0.4"
 
     info = mlflow.models.get_model_info(logged.model_uri)
-    assert info.signature.inputs.input_names() == ["dicom", "path", "name"]
-    assert [t.name for t in info.signature.inputs.input_types()] == ["binary", "string", "string"]
+    assert info.signature.inputs.input_names() == ["dicom", "path", "name", "per"]
+    assert [t.name for t in info.signature.inputs.input_types()] == ["binary", *["string"] * 3]
     assert not info.signature.inputs.required_input_names()
-    assert info.signature.outputs.input_names() == CONTRACT
+    assert info.signature.outputs.input_names() == [*CONTRACT, "series", "n_slices", "n_rejected"]
     assert info.flavors["python_function"]["code"] == "code"
     requirements = Path(mlflow.pyfunc.get_model_dependencies(logged.model_uri)).read_text()
     for dist in ("mlflow", "tensorflow", "keras", "pydicom", "pandas"):
@@ -321,6 +321,39 @@ def test_predict_prints_one_json_line_per_slice(store, logged, ct_files, params,
     assert _cli(params, "predict", "--model", "models:/cli@champion", str(garbage))[0] == 1
     code, _, err = _cli(params, "predict", "--model", "models:/nothing@champion", str(garbage))
     assert code == 2 and "cannot load models:/nothing@champion" in err
+
+
+def test_the_pyfunc_and_the_cli_answer_per_series(logged, pyfunc, ct_files, params):
+    frame = pd.DataFrame(
+        {
+            "dicom": [f.read_bytes() for f in ct_files],
+            "name": [f"scan/{f.name}" for f in ct_files],
+            "per": "series",
+        }
+    )
+    out = pyfunc.predict(frame)
+    assert list(out.columns) == [
+        "series",
+        "p_mm",
+        "label",
+        "threshold",
+        "n_slices",
+        "n_rejected",
+        "error",
+    ]
+    assert sorted(out["series"]) == [f"scan (series {k})" for k in (1, 2, 3)]  # a UID each
+    assert set(out["n_slices"]) == {1} and set(out["threshold"]) == {THRESHOLDS["patient"]}
+    with pytest.raises(MlflowException, match="per is"):
+        pyfunc.predict(frame.assign(per=["series", "slice", "series"]))
+
+    folder = ct_files[0].parent
+    code, stdout, _ = _cli(
+        params, "predict", "--model", logged.model_uri, "--per", "series", str(folder)
+    )
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and [line["series"] for line in lines] == [
+        f"{folder} (series {k})" for k in (1, 2, 3)
+    ]
 
 
 @pytest.mark.parametrize("damage", ["pickle", "keras"])

@@ -3,6 +3,7 @@ import json
 
 import keras
 import numpy as np
+import pydicom
 import pytest
 
 from components import serving
@@ -226,3 +227,37 @@ def test_a_slice_with_an_impossible_rescale_gets_an_error_not_a_probability(pred
     bad = write_plain(tmp_path / "bad.dcm", slope=0.0).path
     rows = predictor.predict_sources([bad])
     assert "p_mm" not in rows[0] and rows[0]["error"].startswith("bad_rescale:")
+
+
+def _series(folder, n: int, uid: str, seed: int = 0, prefix: str = "") -> None:
+    """n CT files of one series (SeriesInstanceUID `uid`) in `folder`."""
+    for i in range(n):
+        path = write_plain(folder / f"{prefix}{i}.dcm", seed=seed + i, intercept=-1024 + 250 * i)
+        ds = pydicom.dcmread(path.path)
+        ds.SeriesInstanceUID = uid
+        ds.save_as(path.path)
+
+
+def test_per_series_is_the_mean_slice_probability_at_the_patient_threshold(predictor, tmp_path):
+    study = tmp_path / "ROE_RICHARD"
+    uids = [f"1.2.826.0.1.3680043.8.498.{n}" for n in (11, 22, 33, 44)]
+    _series(study / "one", 3, uids[0])
+    _series(study / "two", 2, uids[1], seed=5)
+    write_not_dicom(study / "two" / "notes.txt")
+    _series(study / "both", 2, uids[2], seed=8)
+    _series(study / "both", 1, uids[3], prefix="b")
+    write_not_dicom(study / "empty" / "notes.txt")
+
+    rows = {r["series"]: r for r in predictor.predict_series([study])}
+
+    one = rows[str(study / "one")]
+    per_slice = [r["p_mm"] for r in predictor.predict_sources([study / "one"])]
+    assert one["p_mm"] == pytest.approx(np.mean(per_slice))
+    assert (one["threshold"], one["n_slices"], one["n_rejected"]) == (0.4, 3, 0)
+    assert one["label"] == (POSITIVE if one["p_mm"] >= 0.4 else CLASSES[1])
+    assert (rows[str(study / "two")]["n_slices"], rows[str(study / "two")]["n_rejected"]) == (2, 1)
+    both = [rows[f"{study / 'both'} (series {k})"]["n_slices"] for k in (1, 2)]
+    assert sorted(both) == [1, 2]
+    empty = rows[str(study / "empty")]
+    assert (empty["n_slices"], empty["n_rejected"]) == (0, 1) and "error" in empty
+    assert not any(uid in json.dumps(list(rows.values())) for uid in uids)
