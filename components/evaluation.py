@@ -6,7 +6,7 @@ split, which is only measured:
 - per candidate, the decision threshold (Youden's J on validation slices for slice
   metrics, on validation patients for patient metrics);
 - the members of the ensemble (top-k backbones by the validation `select_metric`);
-- the selected candidate (best validation `select_metric`).
+- the selected candidate (best validation `select_metric`, first of `rank_candidates`).
 
 A candidate is a backbone or `ensemble` (the mean probability of its members per image).
 Patient-level rows are the mean slice probability per patient (`aggregate_patients`).
@@ -327,17 +327,6 @@ def rank_candidates(results: Mapping[str, CandidateResult], select_metric: str) 
     """
     level, metric = parse_metric_name(select_metric)
     return sorted(results, key=lambda n: _rank_key(results[n], level, metric))
-
-
-def select_best(results: Mapping[str, CandidateResult], select_metric: str) -> str:
-    """The candidate with the best VALIDATION `select_metric` (ties as in `rank_candidates`).
-
-    Raises:
-        ValueError: no candidates, or select_metric is not `<level>_<metric>`.
-    """
-    if not results:
-        raise ValueError("no candidates to select from")
-    return rank_candidates(results, select_metric)[0]
 
 
 def compare_candidates(

@@ -32,7 +32,6 @@ from components.relocation import check_not_moved
 if TYPE_CHECKING:
     import keras
     import numpy as np
-    from matplotlib.figure import Figure
     from mlflow.entities import DatasetInput
 
 log = logging.getLogger(__name__)
@@ -406,9 +405,6 @@ class BackboneRun:
 
     def log_inputs(self, datasets: Sequence[DatasetInput]) -> None:
         MlflowClient().log_inputs(self.run_id, datasets=list(datasets))
-
-    def log_figure(self, figure: Figure, artifact_file: str) -> None:
-        mlflow.log_figure(figure, artifact_file)
 
     def log_model(
         self, model: keras.Model, inputs: np.ndarray, outputs: np.ndarray, name: str = "model"

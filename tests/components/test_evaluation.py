@@ -23,7 +23,6 @@ from components.evaluation import (
     load_predictions,
     rank_candidates,
     roc_plot_data,
-    select_best,
     to_metrics_json,
 )
 from components.metric_names import ALL_METRICS, LEVELS, parse_metric_name
@@ -205,22 +204,22 @@ def _fake(
     )
 
 
-def test_select_best_uses_validation_not_test():
+def test_the_ranking_uses_validation_not_test():
     results = {"A": _fake("A", val=0.9, test=0.6), "B": _fake("B", val=0.8, test=0.99)}
-    assert select_best(results, "patient_auc") == "A"
+    assert rank_candidates(results, "patient_auc")[0] == "A"
     # Lower is better for calibration metrics.
-    assert select_best(results, "patient_brier") == "B"
+    assert rank_candidates(results, "patient_brier")[0] == "B"
 
 
-def test_select_best_breaks_ties_deterministically():
+def test_the_ranking_breaks_ties_deterministically():
     by_other_level = {"A": _fake("A", 1.0, 0.5, other=0.8), "B": _fake("B", 1.0, 0.5, other=0.9)}
     assert rank_candidates(by_other_level, "patient_auc") == ["B", "A"]
     by_width = {"A": _fake("A", 1.0, 0.5, width=0.2), "B": _fake("B", 1.0, 0.5, width=0.1)}
-    assert select_best(by_width, "patient_auc") == "B"
+    assert rank_candidates(by_width, "patient_auc")[0] == "B"
     by_name = {"B": _fake("B", 1.0, 0.5), "A": _fake("A", 1.0, 0.5)}
-    assert select_best(by_name, "patient_auc") == "A"
+    assert rank_candidates(by_name, "patient_auc")[0] == "A"
     with_nan = {"A": _fake("A", float("nan"), 0.5), "B": _fake("B", 0.1, 0.5)}
-    assert select_best(with_nan, "patient_auc") == "B"
+    assert rank_candidates(with_nan, "patient_auc")[0] == "B"
 
 
 def test_pairwise_comparisons_find_the_better_model_and_not_a_copy():

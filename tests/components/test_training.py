@@ -388,3 +388,11 @@ def test_training_on_a_cpu_gives_the_same_predictions_on_any_number_of_cores(tmp
         assert done.returncode == 0, done.stderr[-3000:]
         outputs.append((out / training.PREDICTIONS_FILE).read_bytes())
     assert outputs[0] == outputs[1]
+
+
+def test_training_from_scratch_learns_a_separable_cohort(tmp_path):
+    root = tmp_path / "project"
+    _write_tiny_project(root, patients_per_class=10, slices=3)
+    cfg = _cfg(root, epochs=6, monitor="val_auc", cpu_threads=1)
+    result = training.train_backbone("MobileNetV2", cfg, tmp_path / "out")
+    assert result.weights == "random" and result.val_auc > 0.9, result
