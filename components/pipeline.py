@@ -287,7 +287,7 @@ def validation_markdown(summary_path: Path, docs_index: Path) -> str:
 
     Args:
         summary_path: the summary the validate stage wrote.
-        docs_index: the Great Expectations Data Docs page, named for the details.
+        docs_index: the validation results page, named for the details.
     """
     if not summary_path.is_file():
         return f"# Data validation\n\nNo summary at `{summary_path}`: validation has not run."
@@ -306,7 +306,7 @@ def validation_markdown(summary_path: Path, docs_index: Path) -> str:
             "",
             markdown.table(("suite", "result", "evaluated", "failed"), rows),
             "",
-            f"Details: Great Expectations Data Docs `{docs_index}`.",
+            f"Details: the validation results page `{docs_index}`.",
         ]
     )
 

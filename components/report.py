@@ -152,8 +152,8 @@ FIGURES: dict[str, tuple[str, str]] = {
     "training_curves": (
         "Training curves",
         "Loss and accuracy per epoch on the training and validation splits (the paper's "
-        "Figure 4); the dotted line marks the epoch of lowest validation loss, a solid line "
-        "the start of a new training phase (fine-tuning).",
+        "Figure 4); the dotted line marks the epoch training kept (by training.monitor), a "
+        "solid line the start of a new training phase (fine-tuning).",
     ),
     "reliability": (
         "Reliability diagram",
@@ -307,6 +307,8 @@ class StudyInputs:
         gradcam_png: a Grad-CAM figure (`components.gradcam`) to embed; None for none.
         title: the page title.
         run_info: facts shown under the title (e.g. git commit, MLflow run, date).
+        validation_page: the data validation results page, relative to the study page's
+            folder; None for none.
     """
 
     results: EvaluationResults
@@ -318,6 +320,7 @@ class StudyInputs:
     gradcam_png: Path | None = None
     title: str = "Multiple myeloma versus osteolytic bone metastasis on spinal CT"
     run_info: Mapping[str, str] = field(default_factory=dict)
+    validation_page: str | None = None
 
 
 @dataclass(frozen=True)
@@ -753,7 +756,7 @@ def _alerts(inputs: StudyInputs) -> _Html:
     return _Html("".join(blocks))
 
 
-def _data_section(data: DataSummary) -> _Html:
+def _data_section(data: DataSummary, validation_page: str | None) -> _Html:
     head = ["Split"]
     for c in data.classes:
         head += [f"{c} patients", f"{c} slices"]
@@ -782,6 +785,11 @@ def _data_section(data: DataSummary) -> _Html:
         blocks.append(_table(["Reason", "Files"], [[k, v] for k, v in data.rejects.items()]))
     else:
         blocks.append(_p("No file was rejected at ingest."))
+    if validation_page is not None:
+        href = html.escape(validation_page, quote=True)
+        blocks.append(
+            _Html(f'<p>Every data check and its result: <a href="{href}">data validation</a>.</p>')
+        )
     return _section("data", "Data", *blocks)
 
 
@@ -1174,7 +1182,7 @@ def study_page(inputs: StudyInputs, figures: Mapping[str, str | Path]) -> str:
         [
             _intro(inputs),
             _alerts(inputs),
-            _data_section(inputs.data),
+            _data_section(inputs.data, inputs.validation_page),
             _table2_section(r),
             _selection_section(r),
             _comparisons_section(r),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -114,4 +115,12 @@ def study_inputs(
         registry=registry,
         gradcam_png=gradcam,
         run_info=dict(run_info),
+        validation_page=_relative(
+            cfg.path(cfg.validation.docs_out) / "index.html", cfg.path(cfg.evaluation.reports_out)
+        ),
     )
+
+
+def _relative(page: Path, folder: Path) -> str | None:
+    """`page` as a link from a page in `folder`; None when it was not written."""
+    return Path(os.path.relpath(page, folder)).as_posix() if page.is_file() else None

@@ -14,9 +14,9 @@ project folder):
   row's split).
 
 Every expectation carries a stable check name in `meta["check"]`; results, messages and
-tests refer to it. `run_validation` writes Data Docs (static HTML, `index.html` at the top)
-and returns a `ValidationReport`; the rest turns that report into a JSON summary, a
-failure message and a markdown table.
+tests refer to it. `run_validation` writes the results page (`validation_page`, one
+self-contained `index.html`) and returns a `ValidationReport`; the rest turns that report
+into a JSON summary, a failure message and a markdown table.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from tqdm import tqdm
 from components import markdown
 from components.config import ValidationConfig
 from components.split import SPLITS
+from components.validation_page import write_page
 
 SUITES = ("manifest", "pixels", "split")
 MANIFEST_REQUIRED = (
@@ -76,7 +77,6 @@ PHI_COLUMN_PATTERN = (
     r"(?:^|_)(?:\w*name|\w*birth\w*|dob|patient_?i_?ds?|mrn|accession\w*|\w*uids?"
     r"|address|\w*phone|e_?mail|ssn)(?:_|$)"
 )
-DOCS_SITE = "myelomet"
 EXAMPLE_ROWS = 3
 
 
@@ -132,10 +132,7 @@ class ExpectNoPhiColumns(BatchExpectation):
 
 
 def _tag(check: str, description: str) -> dict[str, Any]:
-    """Constructor arguments naming an expectation: its check name and what it expects.
-
-    Data Docs put the description into HTML unescaped, so it must not hold "<" or ">".
-    """
+    """Constructor arguments naming an expectation: its check name and what it expects."""
     return {"meta": {"check": check}, "description": description}
 
 
@@ -628,7 +625,7 @@ class SuiteOutcome:
 
 @dataclass(frozen=True)
 class ValidationReport:
-    """The result of all suites, and where their Data Docs are."""
+    """The result of all suites, and where their results page is."""
 
     suites: tuple[SuiteOutcome, ...]
     docs_index: Path
@@ -705,33 +702,23 @@ def _outcome(result: ExpectationValidationResult, max_examples: int) -> Expectat
 
 
 def _reset_docs(docs_dir: Path) -> None:
-    """Empty a previous Data Docs site so the index shows this run only."""
+    """Empty a previous results page (or an older Data Docs site) for this run's."""
     if docs_dir.is_dir() and any(docs_dir.iterdir()):
         if not (docs_dir / "index.html").is_file():
             raise FileExistsError(
-                f"{docs_dir}: not empty and not a Data Docs site (no index.html); "
+                f"{docs_dir}: not empty and not a validation results folder (no index.html); "
                 "point validation.docs_out at an empty or dedicated folder"
             )
         shutil.rmtree(docs_dir)
     docs_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _context(docs_dir: Path) -> EphemeralDataContext:
+def _context() -> EphemeralDataContext:
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(),
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False),
-        data_docs_sites={
-            DOCS_SITE: {
-                "class_name": "SiteBuilder",
-                "show_how_to_buttons": False,
-                "store_backend": {
-                    "class_name": "TupleFilesystemStoreBackend",
-                    "base_directory": str(docs_dir),
-                },
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-            }
-        },
+        data_docs_sites={},
     )
     return gx.get_context(project_config=config, mode="ephemeral")
 
@@ -747,7 +734,8 @@ def run_validation(
     docs_dir: Path,
     max_examples: int = EXAMPLE_ROWS,
 ) -> ValidationReport:
-    """Validate manifest, pixel statistics and split, and write Data Docs.
+    """Validate manifest, pixel statistics and split, and write the results page
+    (`validation_page`: self-contained, unlike Data Docs, which need the internet).
 
     Args:
         manifest: the manifest as read from manifest.csv.
@@ -757,18 +745,18 @@ def run_validation(
         classes: the class labels, params.yaml `classes`.
         fractions: the intended share of each split, `SplitConfig.fractions()`.
         mode: the split mode, "patient" or "image".
-        docs_dir: folder of the Data Docs site; emptied first if it holds an earlier site.
+        docs_dir: folder of the results page; emptied first if it holds an earlier one.
         max_examples: offending rows kept per failed expectation.
 
     Returns:
         The outcome of each suite, in the order manifest, pixels, split.
 
     Raises:
-        FileExistsError: docs_dir holds other files than a Data Docs site.
+        FileExistsError: docs_dir holds other files than a results page.
     """
     docs_dir = Path(docs_dir).resolve()
     _reset_docs(docs_dir)
-    context = _context(docs_dir)
+    context = _context()
     source = context.data_sources.add_pandas(name="myelomet")
     tables = {
         "manifest": (prepare_manifest(manifest), manifest_suite(cfg, classes)),
@@ -799,9 +787,9 @@ def run_validation(
                 expectations=tuple(_outcome(r, max_examples) for r in result.results),
             )
         )
-    # One build after all suites: the site renders every stored suite and result at once.
-    context.build_data_docs(site_names=[DOCS_SITE])
-    return ValidationReport(suites=tuple(outcomes), docs_index=docs_dir / "index.html")
+    report = ValidationReport(suites=tuple(outcomes), docs_index=docs_dir / "index.html")
+    write_page(report, report.docs_index)
+    return report
 
 
 def summary(report: ValidationReport) -> dict[str, Any]:
@@ -865,7 +853,7 @@ def failure_message(report: ValidationReport) -> str:
     suites = sorted({name for name, _ in failed})
     lines = [
         f"data validation failed: {len(failed)} expectation(s) in {', '.join(suites)}; "
-        f"training must not start. Data Docs: {report.docs_index}"
+        f"training must not start. Results page: {report.docs_index}"
     ]
     for name, e in failed:
         column = f" [{e.column}]" if e.column else ""
@@ -881,7 +869,7 @@ def success_line(report: ValidationReport) -> str:
     counts = ", ".join(f"{s.name} {s.evaluated}" for s in report.suites)
     return (
         f"data validation passed: all {sum(s.evaluated for s in report.suites)} expectations "
-        f"met ({counts}); Data Docs: {report.docs_index}"
+        f"met ({counts}); results page: {report.docs_index}"
     )
 
 
@@ -889,7 +877,7 @@ def markdown_table(report: ValidationReport) -> str:
     """The result as markdown: one table of suites, one of every expectation."""
     status = {True: "passed", False: "**FAILED**"}
     lines = [
-        f"Data validation {status[report.success]}. Data Docs: `{report.docs_index}`",
+        f"Data validation {status[report.success]}. Results page: `{report.docs_index}`",
         "",
         markdown.table(
             ("suite", "result", "evaluated", "failed"),

@@ -111,7 +111,7 @@ def _failure_places(cfg: Config, flow_run: FlowRun, error: BaseException | None)
         places.append(f"the stage's full log: `{error.log_path}`")
         if error.stage == "validate":
             docs = cfg.path(cfg.validation.docs_out) / "index.html"
-            places.append(f"failed expectations with offending rows (Data Docs): `{docs}`")
+            places.append(f"failed expectations with offending rows: `{docs}`")
     places.append(f"`dvc status` in `{cfg.root}`: which stages are out of date")
     return places
 

@@ -1,7 +1,7 @@
 """Prefect flow `validate`: Great Expectations suites on the manifest, the pixels and the
 split, run between `split` and training.
 
-The flow writes Data Docs and a JSON summary (a DVC metric), publishes the result table as
+The flow writes a results page and a JSON summary (a DVC metric), publishes the result table as
 a markdown artifact, and fails when any expectation fails, so that `dvc repro` stops here
 and training never sees bad data. `myelomet validate` runs it.
 """
@@ -47,7 +47,7 @@ def run_suites(
     mode: str,
     docs_dir: Path,
 ) -> ValidationReport:
-    """Validate every suite and write the Data Docs."""
+    """Validate every suite and write the results page."""
     return validation.run_validation(
         manifest, split, pixels, cfg, classes, fractions, mode, docs_dir
     )
@@ -81,7 +81,7 @@ def validate(params: str = "params.yaml") -> ValidationReport:
 
     Raises:
         DataValidationError: an expectation failed; the message names each one with a few
-            offending rows. Data Docs and the summary are written first.
+            offending rows. The results page and the summary are written first.
         FileNotFoundError: the manifest or the split is missing.
     """
     cfg = load_config(params)

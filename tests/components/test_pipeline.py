@@ -185,13 +185,13 @@ def test_failure_note_names_the_stage_message_and_places(tmp_path):
         run="brave-otter",
         message="stage 'validate' failed (exit 1)\ndata validation failed: 2 expectation(s)",
         stage="validate",
-        places=["Data Docs: `reports/validation/index.html`"],
+        places=["results page: `reports/validation/index.html`"],
     )
     text = notify.failure_markdown(failure)
     assert text.startswith("# study run `brave-otter` failed")
     assert "stage `validate` failed" in text
     assert "data validation failed: 2 expectation(s)" in text
-    assert "- Data Docs: `reports/validation/index.html`" in text
+    assert "- results page: `reports/validation/index.html`" in text
     path = notify.write_failure_note(tmp_path, text)
     assert path == tmp_path / notify.FAILURE_FILE
     assert path.read_text().strip() == text
