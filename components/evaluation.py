@@ -28,6 +28,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.artifacts import (
+    COMPARISONS_FILE,
+    EVALUATION_METRICS_FILE,
+    PREDICTIONS_FILE,
+    probability_column,
+)
 from components.metric_names import LEVELS, LOWER_IS_BETTER, parse_metric_name
 from components.metrics import (
     Estimate,
@@ -38,7 +44,6 @@ from components.metrics import (
     roc_curve,
     youden_threshold,
 )
-from components.training import probability_column
 
 SPLITS = ("val", "test")
 ENSEMBLE = "ensemble"
@@ -118,7 +123,7 @@ def load_predictions(
     Args:
         models_dir: the training output folder.
         backbones: backbone names, in the order wanted.
-        positive_class: its probability column (`training.probability_column`) becomes `p`.
+        positive_class: its probability column (`artifacts.probability_column`) becomes `p`.
 
     Returns:
         Backbone -> DataFrame with the columns PREDICTION_COLUMNS.
@@ -129,7 +134,7 @@ def load_predictions(
     """
     frames = {}
     for backbone in backbones:
-        path = Path(models_dir) / backbone / "predictions.csv"
+        path = Path(models_dir) / backbone / PREDICTIONS_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no predictions; run `myelomet train` for {backbone}")
         frame = pd.read_csv(path, dtype={c: str for c in ("image_id", "patient", "label", "split")})
@@ -615,7 +620,7 @@ def write_outputs(results: EvaluationResults, reports_dir: str | Path) -> dict[s
     """
     out = Path(reports_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"metrics": out / "metrics.json", "comparisons": out / "comparisons.csv"}
+    paths = {"metrics": out / EVALUATION_METRICS_FILE, "comparisons": out / COMPARISONS_FILE}
     paths["metrics"].write_text(json.dumps(to_metrics_json(results), indent=2, allow_nan=False))
     comparisons_table(results).to_csv(paths["comparisons"], index=False)
     plot_data = {

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from components.artifacts import MANIFEST_FILE, REJECTS_FILE, SLICES_DIR
 from components.deid import pseudonym
 from components.dicom import (
     FRAME_COLUMNS,
@@ -217,7 +218,9 @@ def ingest(
 MARKER = ".myelomet-ingest"
 MARKER_TEXT = "written by `myelomet ingest`; a later ingest into this folder replaces it\n"
 # What an output folder of ingest holds (older versions wrote no marker).
-_OWN_ENTRIES = frozenset({"manifest.csv", "rejects.csv", "slices", ".slices.partial", MARKER})
+_OWN_ENTRIES = frozenset(
+    {MANIFEST_FILE, REJECTS_FILE, SLICES_DIR, f".{SLICES_DIR}.partial", MARKER}
+)
 
 
 class OutputFolderError(ValueError):
@@ -254,7 +257,7 @@ def _remove_own_output(folder: Path) -> None:
                     item.unlink()
             with contextlib.suppress(OSError):
                 sub.rmdir()
-    for name in ("manifest.csv", "rejects.csv", MARKER):
+    for name in (MANIFEST_FILE, REJECTS_FILE, MARKER):
         (folder / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         folder.rmdir()
@@ -644,8 +647,8 @@ def _finish(
     run: _Run, out: Path, new: Path, n_files: int, labels_csv: Path | None
 ) -> IngestSummary:
     """Write the CSVs into the new output `new`, then swap it in place of `out`."""
-    manifest_path = out / "manifest.csv"
-    rejects_path = out / "rejects.csv"
+    manifest_path = out / MANIFEST_FILE
+    rejects_path = out / REJECTS_FILE
 
     rejects = [r for _, r in sorted(run.rejects, key=lambda pair: (pair[0], str(pair[1].reason)))]
     _write_csv(

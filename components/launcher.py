@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from components.training import ERROR_FILE, EXIT_DATA, EXIT_USAGE, EXIT_WEIGHTS, RESULT_FILE
+from components.artifacts import ERROR_FILE, EXIT_DATA, EXIT_USAGE, EXIT_WEIGHTS, RESULT_FILE
 from components.training_loop import PROGRESS_PREFIX
 
 # Exit codes of components.training that another try cannot fix.

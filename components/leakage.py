@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.artifacts import MANIFEST_FILE
 from components.config import Config
 from components.launcher import run_backbone_process
 from components.split import SPLIT_COLUMNS, split_manifest
@@ -43,7 +44,7 @@ def run_leakage(cfg: Config, params: Path, on_line: Callable[[str], None]) -> di
         split_out.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(columns=SPLIT_COLUMNS).to_csv(split_out, index=False)
         return None
-    manifest_path = cfg.path(cfg.ingest.out) / "manifest.csv"
+    manifest_path = cfg.path(cfg.ingest.out) / MANIFEST_FILE
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: no manifest; run `myelomet ingest` first")
     manifest = pd.read_csv(manifest_path, dtype=str)

@@ -42,6 +42,7 @@ from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
+from components.artifacts import MANIFEST_FILE, METRICS_FILE, MODEL_FILE
 from components.backbones import ModelFileError
 from components.config import Config, Window
 from components.evaluation import EvaluationResults, run_metrics
@@ -61,7 +62,6 @@ from components.tracking import (
     log_run_metrics,
     resolve_store,
 )
-from components.training import METRICS_FILE, MODEL_FILE
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -723,7 +723,7 @@ def register_selected(
 
     def rescore(model_uri: str) -> float:
         hu, y, patients = load_test_slices(
-            cfg.path(cfg.ingest.out) / "manifest.csv", cfg.path(cfg.split.out), cfg.positive_class
+            cfg.path(cfg.ingest.out) / MANIFEST_FILE, cfg.path(cfg.split.out), cfg.positive_class
         )
         return rescorer(hu, y, patients, metric, cfg.evaluation.calibration_bins)(model_uri)
 

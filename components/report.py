@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from components import markdown
+from components.artifacts import HISTORY_FILE, METRICS_FILE
 from components.evaluation import (
     ENSEMBLE,
     EvaluationResults,
@@ -340,11 +341,11 @@ def load_histories(models_dir: str | Path, backbones: Sequence[str]) -> dict[str
     """
     out = {}
     for backbone in backbones:
-        path = Path(models_dir) / backbone / "history.csv"
+        path = Path(models_dir) / backbone / HISTORY_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no training history; run `myelomet train` first")
         history = pd.read_csv(path)
-        metrics = path.with_name("metrics.json")
+        metrics = path.with_name(METRICS_FILE)
         best = json.loads(metrics.read_text()).get("best_epoch") if metrics.is_file() else None
         out[backbone] = history.assign(kept=_epochs(history) == best)
     return out
@@ -367,7 +368,7 @@ def load_weights_info(
     """
     out = []
     for backbone in backbones:
-        path = Path(models_dir) / backbone / "metrics.json"
+        path = Path(models_dir) / backbone / METRICS_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no training metrics; run `myelomet train` first")
         record = json.loads(path.read_text())

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from components.artifacts import probability_column
 from components.config import Window
 from components.dataset import model_input
 from components.dicom import MAX_FRAME_PIXELS, DicomRejected, RejectReason, read_ct
 from components.ingest import list_files
-from components.training import probability_column
 from components.training_loop import predict
 
 if TYPE_CHECKING:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.artifacts import MANIFEST_FILE
 from components.config import Config
 
 SPLITS = ("train", "val", "test")
@@ -188,7 +189,7 @@ def write_split(cfg: Config, mode: str | None = None) -> SplitOutcome:
     Raises:
         FileNotFoundError: no manifest; ingest first.
     """
-    manifest_path = cfg.path(cfg.ingest.out) / "manifest.csv"
+    manifest_path = cfg.path(cfg.ingest.out) / MANIFEST_FILE
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{manifest_path}: no manifest; run `myelomet ingest` first")
     manifest = pd.read_csv(manifest_path)

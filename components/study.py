@@ -9,6 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from components.artifacts import (
+    METRICS_FILE,
+    MODEL_FILE,
+    PREDICTIONS_FILE,
+    REJECTS_FILE,
+    VALIDATION_PAGE,
+)
 from components.config import Config
 from components.evaluation import ENSEMBLE, EvaluationResults, evaluate, load_predictions
 from components.registry import RegistryOutcome
@@ -54,7 +61,7 @@ def leakage_comparison(cfg: Config, results: EvaluationResults) -> LeakageCompar
     """
     backbone = cfg.leakage.backbone
     models = cfg.path(cfg.leakage.models_out)
-    if not cfg.leakage.enabled or not (models / backbone / "predictions.csv").is_file():
+    if not cfg.leakage.enabled or not (models / backbone / PREDICTIONS_FILE).is_file():
         return None
     if backbone not in results.candidates:
         return None
@@ -71,8 +78,8 @@ def gradcam_png(cfg: Config, results: EvaluationResults, out: Path) -> Path | No
         return None
     name = results.selected if results.selected != ENSEMBLE else results.ensemble_members[0]
     folder = cfg.path(cfg.training.models_out) / name
-    size = json.loads((folder / "metrics.json").read_text())["image_size"]
-    predictions = pd.read_csv(folder / "predictions.csv", dtype={"image_id": str})
+    size = json.loads((folder / METRICS_FILE).read_text())["image_size"]
+    predictions = pd.read_csv(folder / PREDICTIONS_FILE, dtype={"image_id": str})
     rows = pick_examples(
         predictions[predictions["split"] == "test"],
         cfg.classes,
@@ -80,7 +87,7 @@ def gradcam_png(cfg: Config, results: EvaluationResults, out: Path) -> Path | No
         seed=cfg.evaluation.seed,
     )
     figure = gradcam_figure(
-        load_model(folder / "model.keras"),
+        load_model(folder / MODEL_FILE),
         load_examples(rows, cfg.path(cfg.ingest.out) / "slices"),
         windows=cfg.input.channel_windows(),
         size=size,
@@ -104,7 +111,7 @@ def study_inputs(
     """Everything the study page needs, read from the pipeline's outputs."""
     models = cfg.path(cfg.training.models_out)
     split = pd.read_csv(cfg.path(cfg.split.out), dtype=str)
-    rejects_path = cfg.path(cfg.ingest.out) / "rejects.csv"
+    rejects_path = cfg.path(cfg.ingest.out) / REJECTS_FILE
     rejects = pd.read_csv(rejects_path, dtype=str) if rejects_path.is_file() else None
     return StudyInputs(
         results=results,
@@ -116,7 +123,8 @@ def study_inputs(
         gradcam_png=gradcam,
         run_info=dict(run_info),
         validation_page=_relative(
-            cfg.path(cfg.validation.docs_out) / "index.html", cfg.path(cfg.evaluation.reports_out)
+            cfg.path(cfg.validation.docs_out) / VALIDATION_PAGE,
+            cfg.path(cfg.evaluation.reports_out),
         ),
     )
 

@@ -46,6 +46,22 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from components.artifacts import (
+    CHECKPOINT_DIR,
+    CURVES_FILE,
+    ERROR_FILE,
+    EXIT_DATA,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_WEIGHTS,
+    HISTORY_FILE,
+    METRICS_FILE,
+    MODEL_FILE,
+    PREDICTIONS_FILE,
+    RESULT_FILE,
+    probability_column,
+)
 from components.code_closure import source_digest
 from components.config import Config, load_config
 from components.runtime import Runtime, configure_runtime
@@ -81,27 +97,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
-CURVES_FILE = "training_curves.png"
-PREDICTIONS_FILE = "predictions.csv"
-RESULT_FILE = "result.json"
-ERROR_FILE = "error.json"
-CHECKPOINT_DIR = "checkpoint"
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_WEIGHTS = 3
-EXIT_DATA = 4
-
 Status = Literal["trained", "resumed", "skipped", "paused"]
-
-
-def probability_column(positive_class: str) -> str:
-    """Name of the predicted-probability column in predictions.csv (e.g. p_mm)."""
-    return f"p_{positive_class.lower()}"
 
 
 @dataclass(frozen=True)

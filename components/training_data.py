@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from components.artifacts import MANIFEST_FILE
+
 if TYPE_CHECKING:
     from components.config import Config
 
@@ -69,7 +71,7 @@ class TrainingData:
 
 
 def data_paths(cfg: Config) -> tuple[Path, Path]:
-    manifest = cfg.path(cfg.ingest.out) / "manifest.csv"
+    manifest = cfg.path(cfg.ingest.out) / MANIFEST_FILE
     split = cfg.path(cfg.split.out)
     for path, stage in ((manifest, "ingest"), (split, "split")):
         if not path.is_file():

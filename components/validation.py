@@ -48,6 +48,7 @@ from great_expectations.expectations.row_conditions import Column
 from tqdm import tqdm
 
 from components import markdown
+from components.artifacts import VALIDATION_PAGE
 from components.config import ValidationConfig
 from components.split import SPLITS
 from components.validation_page import write_page
@@ -704,7 +705,7 @@ def _outcome(result: ExpectationValidationResult, max_examples: int) -> Expectat
 def _reset_docs(docs_dir: Path) -> None:
     """Empty a previous results page (or an older Data Docs site) for this run's."""
     if docs_dir.is_dir() and any(docs_dir.iterdir()):
-        if not (docs_dir / "index.html").is_file():
+        if not (docs_dir / VALIDATION_PAGE).is_file():
             raise FileExistsError(
                 f"{docs_dir}: not empty and not a validation results folder (no index.html); "
                 "point validation.docs_out at an empty or dedicated folder"
@@ -787,7 +788,7 @@ def run_validation(
                 expectations=tuple(_outcome(r, max_examples) for r in result.results),
             )
         )
-    report = ValidationReport(suites=tuple(outcomes), docs_index=docs_dir / "index.html")
+    report = ValidationReport(suites=tuple(outcomes), docs_index=docs_dir / VALIDATION_PAGE)
     write_page(report, report.docs_index)
     return report
 

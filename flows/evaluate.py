@@ -23,6 +23,7 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import get_current_settings
 
 from components import registry, study, tracking
+from components.artifacts import STUDY_FILE
 from components.config import Config, load_config
 from components.evaluation import (
     EvaluationResults,
@@ -33,7 +34,6 @@ from components.evaluation import (
 from components.registry import RegistryOutcome
 from components.report import results_markdown, write_study_report
 from components.training_data import data_paths, data_version
-from flows.train import STUDY_FILE
 
 ARTIFACT_KEY = "study-results"
 PROMOTION_LIMIT_PREFIX = "myelomet-promotion-"

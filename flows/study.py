@@ -28,6 +28,7 @@ from prefect.states import State
 from prefect.utilities.urls import url_for
 
 from components import notify, pipeline, tracking
+from components.artifacts import EVALUATION_METRICS_FILE, VALIDATION_PAGE
 from components.config import Config, load_config
 
 ARTIFACT_KEYS = {
@@ -80,9 +81,10 @@ def publish(cfg: Config, before: pipeline.RegistryState) -> dict[str, str | None
     reports = cfg.path(cfg.evaluation.reports_out)
     texts = {
         "validation": pipeline.validation_markdown(
-            cfg.path(cfg.validation.summary_out), cfg.path(cfg.validation.docs_out) / "index.html"
+            cfg.path(cfg.validation.summary_out),
+            cfg.path(cfg.validation.docs_out) / VALIDATION_PAGE,
         ),
-        "table2": pipeline.table2_markdown(reports / "metrics.json"),
+        "table2": pipeline.table2_markdown(reports / EVALUATION_METRICS_FILE),
         "registry": pipeline.registry_markdown(before, after),
     }
     descriptions = {
@@ -110,7 +112,7 @@ def _failure_places(cfg: Config, flow_run: FlowRun, error: BaseException | None)
     if isinstance(error, pipeline.StageFailed):
         places.append(f"the stage's full log: `{error.log_path}`")
         if error.stage == "validate":
-            docs = cfg.path(cfg.validation.docs_out) / "index.html"
+            docs = cfg.path(cfg.validation.docs_out) / VALIDATION_PAGE
             places.append(f"failed expectations with offending rows: `{docs}`")
     places.append(f"`dvc status` in `{cfg.root}`: which stages are out of date")
     return places

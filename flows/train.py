@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
 from components import tracking
+from components.artifacts import STUDY_FILE, TRAINING_SUMMARY_FILE
 from components.config import Config, load_config, slowest_first
 from components.devices import (
     DevicePool,
@@ -36,7 +37,6 @@ from components.devices import (
 from components.launcher import BackboneFailed, describe_progress, run_backbone_process
 from components.report import training_markdown, write_training_summary
 
-STUDY_FILE = "study.json"
 ARTIFACT_KEY = "training-results"
 
 
@@ -101,7 +101,7 @@ def report_training(
     store = tracking.resolve_store(cfg.tracking, cfg.root)
     tracking.tag_run(store, parent_run_id, tracking.outcome_tags(results, failures))
     tracking.end_study(store, parent_run_id, "FAILED" if failures else "FINISHED")
-    write_training_summary(results, cfg.path(cfg.evaluation.reports_out) / "train.json")
+    write_training_summary(results, cfg.path(cfg.evaluation.reports_out) / TRAINING_SUMMARY_FILE)
     create_markdown_artifact(
         key=ARTIFACT_KEY,
         markdown=training_markdown(results, failures),

@@ -17,6 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import validation
+from components.artifacts import MANIFEST_FILE
 from components.config import ValidationConfig, load_config
 from components.validation import DataValidationError, ValidationReport
 
@@ -85,7 +86,7 @@ def validate(params: str = "params.yaml") -> ValidationReport:
         FileNotFoundError: the manifest or the split is missing.
     """
     cfg = load_config(params)
-    manifest_path = cfg.path(cfg.ingest.out) / "manifest.csv"
+    manifest_path = cfg.path(cfg.ingest.out) / MANIFEST_FILE
     manifest, split = load_tables(manifest_path, cfg.path(cfg.split.out))
     pixels = compute_pixel_stats(manifest, manifest_path.parent, cfg.validation.bone_hu)
     report = run_suites(

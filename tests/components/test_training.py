@@ -13,6 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from components import (
+    artifacts,
     backbones,
     code_closure,
     devices,
@@ -148,12 +149,12 @@ def test_each_backbone_trains_an_epoch_from_scratch_into_mlflow(name, project, s
     assert result.image_size == get_backbone(name).input_size(32)
     for file in ("model.keras", "metrics.json", "history.csv", "training_curves.png"):
         assert (out / file).is_file()
-    assert not (out / training.CHECKPOINT_DIR).exists()
-    predictions = pd.read_csv(out / training.PREDICTIONS_FILE)
+    assert not (out / artifacts.CHECKPOINT_DIR).exists()
+    predictions = pd.read_csv(out / artifacts.PREDICTIONS_FILE)
     assert list(predictions.columns) == ["image_id", "patient", "label", "split", "p_mm"]
     assert set(predictions["split"]) == {"val", "test"}
     assert predictions["p_mm"].between(0, 1).all()
-    metrics = json.loads((out / training.METRICS_FILE).read_text())
+    metrics = json.loads((out / artifacts.METRICS_FILE).read_text())
     assert metrics["weights"] == "random" and metrics["val_auc"] == result.val_auc
     assert (metrics["bn_recalibrated_layers"] > 0) == (name != "VGG16")
 
@@ -180,13 +181,15 @@ def test_interrupted_run_resumes_after_its_last_epoch(project, store):
     cfg, out = _cfg(project, epochs=2), project / "models" / "resume"
     paused = training.train_backbone("MobileNet", cfg, out, store, epoch_limit=1)
     assert (paused.status, paused.epochs_run) == ("paused", 1)
-    state = json.loads((out / training.CHECKPOINT_DIR / "state.json").read_text())
+    state = json.loads((out / artifacts.CHECKPOINT_DIR / "state.json").read_text())
     assert state["epoch"] == 1 and state["last_file"] == "epoch-0001.keras"
-    assert [p.name for p in (out / training.CHECKPOINT_DIR).glob("*.keras")] == ["epoch-0001.keras"]
+    assert [p.name for p in (out / artifacts.CHECKPOINT_DIR).glob("*.keras")] == [
+        "epoch-0001.keras"
+    ]
 
     resumed = training.train_backbone("MobileNet", cfg, out, store)
     assert (resumed.status, resumed.epochs_run) == ("resumed", 2)
-    assert pd.read_csv(out / training.HISTORY_FILE)["epoch"].tolist() == [1, 2]
+    assert pd.read_csv(out / artifacts.HISTORY_FILE)["epoch"].tolist() == [1, 2]
     assert resumed.run_id == paused.run_id
     client = MlflowClient(store.tracking_uri)
     assert [m.step for m in client.get_metric_history(resumed.run_id, "loss")] == [1, 2]
@@ -202,18 +205,18 @@ def test_command_line_trains_falling_back_to_scratch_then_skips(project, tmp_pat
     argv += ["--out", str(out), "--no-tracking"]
 
     with caplog.at_level("WARNING", logger="components.training"):
-        assert training.main(argv) == training.EXIT_OK
+        assert training.main(argv) == artifacts.EXIT_OK
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["status"] == "trained" and first["weights"] == "random"
-    assert json.loads((out / training.RESULT_FILE).read_text()) == first
+    assert json.loads((out / artifacts.RESULT_FILE).read_text()) == first
     assert "random initialisation (weights=random)" in caplog.text
-    assert "not found" in json.loads((out / training.METRICS_FILE).read_text())["weights_note"]
+    assert "not found" in json.loads((out / artifacts.METRICS_FILE).read_text())["weights_note"]
 
-    stamp = (out / training.MODEL_FILE).stat().st_mtime_ns
-    assert training.main(argv) == training.EXIT_OK
+    stamp = (out / artifacts.MODEL_FILE).stat().st_mtime_ns
+    assert training.main(argv) == artifacts.EXIT_OK
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert again["status"] == "skipped" and again["inputs_hash"] == first["inputs_hash"]
-    assert (out / training.MODEL_FILE).stat().st_mtime_ns == stamp
+    assert (out / artifacts.MODEL_FILE).stat().st_mtime_ns == stamp
 
     cfg = load_config(project / "fallback.yaml")
     changed = cfg.model_copy(update={"training": cfg.training.model_copy(update={"dropout": 0.5})})
@@ -260,7 +263,7 @@ def test_a_backbone_override_applies_to_that_backbone_and_its_inputs_hash(projec
 
     result = training.train_backbone("MobileNet", mine, tmp_path / "out")
     assert result.epochs_run == 2 and result.inputs_hash != base
-    history = pd.read_csv(tmp_path / "out" / training.HISTORY_FILE)
+    history = pd.read_csv(tmp_path / "out" / artifacts.HISTORY_FILE)
     assert history["learning_rate"].tolist() == [5e-4, 5e-4]
 
 
@@ -280,7 +283,7 @@ def test_required_pretrained_weights_that_cannot_be_had_stop_the_run(project, tm
     cfg = _cfg(project, weights="imagenet", require_pretrained=True, weights_dir=str(tmp_path))
     with pytest.raises(WeightsUnavailable, match="not found"):
         training.train_backbone("MobileNet", cfg, tmp_path / "out")
-    assert not (tmp_path / "out" / training.RESULT_FILE).exists()
+    assert not (tmp_path / "out" / artifacts.RESULT_FILE).exists()
 
 
 def test_head_phase_features_are_cached_and_reused(project, tmp_path):
@@ -290,15 +293,15 @@ def test_head_phase_features_are_cached_and_reused(project, tmp_path):
     cfg = _cfg(project, weights="imagenet", weights_dir=str(weights), epochs=2, cache_dir=cache)
     first = training.train_backbone("MobileNet", cfg, tmp_path / "a")
     assert first.weights == "imagenet"
-    metrics = json.loads((tmp_path / "a" / training.METRICS_FILE).read_text())
+    metrics = json.loads((tmp_path / "a" / artifacts.METRICS_FILE).read_text())
     assert metrics["feature_cache"] == "miss"
     cached = list((tmp_path / "cache" / "features" / "MobileNet").glob("*.npy"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    assert set(pd.read_csv(tmp_path / "a" / training.HISTORY_FILE)["phase"]) == {"head"}
+    assert set(pd.read_csv(tmp_path / "a" / artifacts.HISTORY_FILE)["phase"]) == {"head"}
 
     training.train_backbone("MobileNet", cfg, tmp_path / "b")
-    metrics = json.loads((tmp_path / "b" / training.METRICS_FILE).read_text())
+    metrics = json.loads((tmp_path / "b" / artifacts.METRICS_FILE).read_text())
     assert metrics["feature_cache"] == "hit"
     assert cached[0].stat().st_mtime_ns == stamp
 
@@ -309,11 +312,11 @@ def test_fine_tuning_follows_the_head_phase(project, tmp_path):
     _plant_weights(weights, "MobileNet")
     cfg = _cfg(project, weights="imagenet", weights_dir=str(weights), finetune_epochs=1)
     result = training.train_backbone("MobileNet", cfg, tmp_path / "out")
-    history = pd.read_csv(tmp_path / "out" / training.HISTORY_FILE)
+    history = pd.read_csv(tmp_path / "out" / artifacts.HISTORY_FILE)
     assert history["phase"].tolist() == ["head", "finetune"]
     assert history["learning_rate"].tolist() == [1e-3, 1e-5]
     assert result.epochs_run == 2 and result.best_epoch == 2
-    assert backbones.load_model(tmp_path / "out" / training.MODEL_FILE).input_shape == (
+    assert backbones.load_model(tmp_path / "out" / artifacts.MODEL_FILE).input_shape == (
         None, 32, 32, 3,
     )  # fmt: skip
 
@@ -328,8 +331,8 @@ def test_entry_point_exit_codes_and_error_file(project, tmp_path):
         for file in (project / sub).glob("*.csv"):
             (tmp_path / sub / file.name).write_bytes(file.read_bytes())
     argv = ["--backbone", "VGG16", "--params", str(tmp_path / "params.yaml"), "--no-tracking"]
-    assert training.main(argv) == training.EXIT_WEIGHTS
-    error = json.loads((tmp_path / "models" / "VGG16" / training.ERROR_FILE).read_text())
+    assert training.main(argv) == artifacts.EXIT_WEIGHTS
+    error = json.loads((tmp_path / "models" / "VGG16" / artifacts.ERROR_FILE).read_text())
     assert error["exit_code"] == 3 and "not found" in error["error"]
 
 
@@ -340,8 +343,8 @@ def test_module_entry_point_reports_missing_data_with_its_exit_code(tmp_path):
          "--params", str(tmp_path / "params.yaml"), "--no-tracking"],
         capture_output=True, text=True, timeout=300, env=project_env({"PYTHONPATH": str(ROOT)}),
     )  # fmt: skip
-    assert done.returncode == training.EXIT_DATA, done.stderr[-2000:]
-    error = json.loads((tmp_path / "models" / "VGG16" / training.ERROR_FILE).read_text())
+    assert done.returncode == artifacts.EXIT_DATA, done.stderr[-2000:]
+    error = json.loads((tmp_path / "models" / "VGG16" / artifacts.ERROR_FILE).read_text())
     assert "myelomet ingest" in error["error"]
 
 
@@ -386,7 +389,7 @@ def test_training_on_a_cpu_gives_the_same_predictions_on_any_number_of_cores(tmp
         env = project_env({devices.CPUS_ENV: ",".join(map(str, pinned))})
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
-        outputs.append((out / training.PREDICTIONS_FILE).read_bytes())
+        outputs.append((out / artifacts.PREDICTIONS_FILE).read_bytes())
     assert outputs[0] == outputs[1]
 
 

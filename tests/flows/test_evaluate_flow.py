@@ -25,11 +25,12 @@ from prefect.concurrency.sync import concurrency
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components import tracking
+from components.artifacts import STUDY_FILE
 from components.config import load_config
 from components.validation import ValidationReport
 from components.validation_page import write_page
 from flows.evaluate import ARTIFACT_KEY, PROMOTION_LIMIT_PREFIX, evaluate, promotion_slot
-from flows.train import STUDY_FILE, train
+from flows.train import train
 from tests.components.test_training import _write_tiny_project
 from tests.offline_html import assert_offline
 

@@ -15,8 +15,9 @@ from prefect.artifacts import Artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from components import tracking
+from components.artifacts import STUDY_FILE
 from components.config import BACKBONES, load_config
-from flows.train import ARTIFACT_KEY, STUDY_FILE, train
+from flows.train import ARTIFACT_KEY, train
 from tests.components.test_training import _write_tiny_project
 
 pytestmark = [
