@@ -229,7 +229,9 @@ def open_ct(source: Path | str | bytes, max_frame_pixels: int = MAX_FRAME_PIXELS
     tsyntax = _transfer_syntax(ds)
     _require_decoder(tsyntax)
     _require_pixel_length(ds, tsyntax, rows * columns * n_frames)
-    for i in range(n_frames):
+    # frames past the per-frame groups share one LUT: check each distinct one once
+    distinct = min(n_frames, len(ds.get("PerFrameFunctionalGroupsSequence") or ()) + 1)
+    for i in range(distinct):
         _check_rescale(_rescale_of(_frame_lut(ds, i)))
     return CtFile(
         n_frames=n_frames,
@@ -391,7 +393,9 @@ def _require_ct(ds: Dataset) -> None:
     modality = str(ds.get("Modality", "") or "").strip()
     if modality == "CT":
         return
-    found = f"modality {modality}" if modality else "no Modality attribute"
+    found = (
+        f"modality {safe_text(modality, _identifiers(ds))}" if modality else "no Modality attribute"
+    )
     raise DicomRejected(
         RejectReason.MODALITY_NOT_CT,
         f"{found}, expected CT; keep only the CT series in the patient folder",
@@ -403,9 +407,10 @@ def _require_greyscale(ds: Dataset) -> None:
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if samples == 1 and photometric in _GREY:
         return
+    shown = safe_text(photometric, _identifiers(ds)) if photometric else "missing"
     raise DicomRejected(
         RejectReason.COLOUR_IMAGE,
-        f"photometric interpretation {photometric or 'missing'} with {samples} samples per pixel; "
+        f"photometric interpretation {shown} with {samples} samples per pixel; "
         "only greyscale (MONOCHROME1/2) CT carries HU, colour images are usually screenshots "
         "or reformats, leave them out",
     )
@@ -531,7 +536,9 @@ def _decoded_frames(
                 f"the {_syntax_label(tsyntax)} pixel data holds fewer frames than the "
                 f"{n_frames} of NumberOfFrames; re-export the file",
             ) from None
-        except Exception as exc:
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # a decoder plugin's Rust panic is no Exception
             raise _decode_failure(exc, tsyntax) from None
         yield pixels
 
@@ -553,7 +560,7 @@ def _pydicom_frames(
         yield pixels
 
 
-def _decode_failure(exc: Exception, tsyntax: UID) -> DicomRejected:
+def _decode_failure(exc: BaseException, tsyntax: UID) -> DicomRejected:
     """The rejection of a frame pydicom could not decode."""
     message = str(exc)
     if "missing dependencies" in message:

@@ -32,7 +32,6 @@ from components.relocation import check_not_moved
 if TYPE_CHECKING:
     import keras
     import numpy as np
-    from mlflow.entities import DatasetInput
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +133,14 @@ def connect(store: Store) -> str:
             experiment = client.get_experiment_by_name(store.experiment)
             if experiment is None:
                 raise
-    if EXPERIMENT_KIND_TAG not in experiment.tags:
-        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     if experiment.lifecycle_stage == "deleted":
         raise ValueError(
             f"MLflow experiment {store.experiment!r} is deleted; restore it with "
             f"`mlflow experiments restore --experiment-id {experiment.experiment_id}` "
             f"or set another tracking.experiment"
         )
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
@@ -216,11 +215,10 @@ def start_study(
     return run.info.run_id
 
 
-def process_identity(pid: int | None = None) -> str:
-    """`host:pid:start` of a process (this one by default); `start` is its start time in
-    clock ticks since boot where /proc has it, so that a reused pid is not mistaken for it."""
-    pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+def process_identity() -> str:
+    """`host:pid:start` of this process; `start` is its start time in clock ticks since boot
+    where /proc has it, so that a reused pid is not mistaken for it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
 
 
 def _start_ticks(pid: int) -> str:
