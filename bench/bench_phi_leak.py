@@ -18,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from components.config import load_config
 from components.synthetic import synthesize_cohort
 
@@ -34,6 +36,7 @@ OUTPUT_FOLDERS = (
 )
 # Shorter strings (sex, age, short numbers) also occur by chance in binary files.
 MIN_LENGTH = 6
+CHUNK_BYTES = 16 * 2**20
 
 
 def outputs(root: Path) -> list[Path]:
@@ -47,16 +50,46 @@ def outputs(root: Path) -> list[Path]:
     )
 
 
+def _anchors(identifiers: frozenset[str]) -> dict[int, list[tuple[bytes, str]]]:
+    """The first MIN_LENGTH bytes of each identifier's UTF-8 and Latin-1 forms, as an
+    integer -> (form, identifier) of those that start with them."""
+    anchors: dict[int, list[tuple[bytes, str]]] = {}
+    for identifier in identifiers:
+        for form in {identifier.encode("utf-8"), identifier.encode("latin-1", "replace")}:
+            key = int.from_bytes(form[:MIN_LENGTH], "big")
+            anchors.setdefault(key, []).append((form, identifier))
+    return anchors
+
+
+def _windows(data: bytes) -> np.ndarray:
+    """Every MIN_LENGTH-byte window of data as a big-endian integer, one per offset."""
+    values = np.frombuffer(data, dtype=np.uint8).astype(np.uint64)
+    n = len(values) - MIN_LENGTH + 1
+    out = np.zeros(max(n, 0), dtype=np.uint64)
+    for k in range(MIN_LENGTH):
+        out = (out << np.uint64(8)) | values[k : k + n]
+    return out
+
+
 def find_leaks(files: list[Path], identifiers: frozenset[str]) -> dict[str, list[str]]:
-    """identifier -> the files that hold it (as bytes, in UTF-8 or Latin-1)."""
-    needles = {i: {i.encode("utf-8"), i.encode("latin-1", "replace")} for i in identifiers}
-    found: dict[str, list[str]] = {}
+    """identifier -> the files that hold it (UTF-8 or Latin-1), every byte of every file
+    read once: windows whose first bytes start an identifier are checked in full."""
+    anchors = _anchors(identifiers)
+    keys = np.array(sorted(anchors), dtype=np.uint64)
+    longest = max((len(f) for forms in anchors.values() for f, _ in forms), default=0)
+    found: dict[str, set[str]] = {}
     for path in files:
-        data = path.read_bytes()
-        for identifier, forms in needles.items():
-            if any(form in data for form in forms):
-                found.setdefault(identifier, []).append(str(path))
-    return found
+        with path.open("rb") as handle:
+            tail = b""  # the end of the previous chunk: an identifier may straddle two
+            while chunk := handle.read(CHUNK_BYTES):
+                data = tail + chunk
+                windows = _windows(data)
+                for at in np.nonzero(np.isin(windows, keys))[0].tolist():
+                    for form, identifier in anchors[int(windows[at])]:
+                        if data.startswith(form, at):
+                            found.setdefault(identifier, set()).add(str(path))
+                tail = data[-(longest - 1) :]
+    return {k: sorted(v) for k, v in found.items()}
 
 
 def main() -> int:

@@ -1,7 +1,8 @@
+from bench import bench_phi_leak
 from bench.bench_phi_leak import find_leaks, outputs
 
 
-def test_a_planted_identifier_is_found_in_the_outputs_and_nothing_else(tmp_path):
+def test_a_planted_identifier_is_found_in_the_outputs_and_nothing_else(tmp_path, monkeypatch):
     (tmp_path / "data" / "processed").mkdir(parents=True)
     (tmp_path / "data" / "processed" / "manifest.csv").write_text("image_id\nim-1\n")
     (tmp_path / "reports").mkdir()
@@ -17,3 +18,5 @@ def test_a_planted_identifier_is_found_in_the_outputs_and_nothing_else(tmp_path)
         "reports/study.html",
     ]
     assert leaks == {"Ölund^Åsa": [str(tmp_path / "reports" / "study.html")]}
+    monkeypatch.setattr(bench_phi_leak, "CHUNK_BYTES", 7)  # an identifier across chunks
+    assert find_leaks(files, frozenset({"Ölund^Åsa", "Doe^Jane"})) == leaks
