@@ -67,10 +67,9 @@ def test_bad_data_fails_the_flow_run_after_writing_docs_and_summary(tmp_path):
     summary = json.loads((tmp_path / "reports/validation.json").read_text())
     assert summary["success"] == 0
     assert summary["manifest"]["failed"] == 1
-    assert (
-        "'_validation_success_text': 'Failed'"
-        in (tmp_path / "reports/validation/index.html").read_text()
-    )
+    page = (tmp_path / "reports/validation/index.html").read_text()
+    assert '<h2 id="manifest">manifest: <span class="failed">FAILED</span></h2>' in page
+    assert "<td>modality_ct</td>" in page
 
 
 def test_the_command_exits_1_naming_the_failed_expectation_and_0_in_one_line(tmp_path, capsys):
