@@ -61,6 +61,7 @@ from components.tracking import (
     git_commit,
     log_run_metrics,
     resolve_store,
+    store_folder,
 )
 
 CHAMPION = "champion"
@@ -417,7 +418,7 @@ def _promotion_lock(store: Store) -> Iterator[None]:
     """Serialise decide-and-set-alias between processes that share a local store: an
     exclusive lock on a file next to the sqlite database (or in the file store). A remote
     tracking server has no such file; there the alias is read back after it is set."""
-    folder = _local_store_folder(store.tracking_uri)
+    folder = store_folder(store)
     if folder is None:
         yield
         return
@@ -428,14 +429,6 @@ def _promotion_lock(store: Store) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _local_store_folder(tracking_uri: str) -> Path | None:
-    if tracking_uri.startswith("sqlite:///"):
-        return Path(tracking_uri.removeprefix("sqlite:///")).parent
-    if tracking_uri.startswith("file:"):
-        return Path(tracking_uri.removeprefix("file://").removeprefix("file:"))
-    return None
 
 
 def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:

@@ -81,6 +81,12 @@ def resolve_store(cfg: TrackingConfig, root: Path) -> Store:
     return Store(uri, artifacts.as_uri() if local is not None else None, cfg.experiment)
 
 
+def store_folder(store: Store) -> Path | None:
+    """The local folder of a sqlite (its database's folder) or file store; None for a
+    tracking server."""
+    return _resolve_local(store.tracking_uri, Path.cwd())[1]
+
+
 class StoreMismatch(ValueError):
     """The tracking store is not the one the study was trained into."""
 
@@ -116,7 +122,7 @@ def connect(store: Store) -> str:
         ProjectMoved: the store's artifacts are in another folder (a moved or copied project).
     """
     check_not_moved(store)
-    _, folder = _resolve_local(store.tracking_uri, Path.cwd())
+    folder = store_folder(store)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(store.tracking_uri)

@@ -51,7 +51,7 @@ from components import markdown
 from components.artifacts import VALIDATION_PAGE
 from components.config import ValidationConfig
 from components.split import SPLITS
-from components.validation_page import write_page
+from components.validation_page import format_row, write_page
 
 SUITES = ("manifest", "pixels", "split")
 MANIFEST_REQUIRED = (
@@ -822,23 +822,19 @@ def write_summary(report: ValidationReport, path: Path) -> Path:
     return path
 
 
-def _format_row(row: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-
-
 def _evidence(e: ExpectationOutcome) -> str:
     """What went wrong, in one line: the error, the offending rows or the observed value."""
     if e.error:
         return f"could not run: {e.error}"
     if e.unexpected_count:
-        rows = "; ".join(_format_row(x) for x in e.examples)
+        rows = "; ".join(format_row(x) for x in e.examples)
         return f"{e.unexpected_count} of {e.element_count} rows" + (
             f", e.g. {rows}" if rows else ""
         )
     if e.expectation_type == "expect_column_to_exist":
         return "column missing"
     if isinstance(e.observed, Mapping):
-        return f"observed {_format_row(e.observed)}"
+        return f"observed {format_row(e.observed)}"
     return f"observed {e.observed}"
 
 

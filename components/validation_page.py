@@ -39,20 +39,21 @@ def _evidence(e: ExpectationOutcome) -> str:
     if e.error:
         return f"could not run: {_text(e.error)}"
     if e.unexpected_count:
-        rows = "".join(f"<li><code>{_text(_row(x))}</code></li>" for x in e.examples)
+        rows = "".join(f"<li><code>{_text(format_row(x))}</code></li>" for x in e.examples)
         return f"{e.unexpected_count} of {e.element_count} rows" + (
             f"<ul>{rows}</ul>" if rows else ""
         )
     if e.element_count is not None:
         return f"0 of {e.element_count} rows"
     if e.observed is not None:
-        observed = _row(e.observed) if isinstance(e.observed, Mapping) else e.observed
+        observed = format_row(e.observed) if isinstance(e.observed, Mapping) else e.observed
         return f"observed <code>{_text(observed)}</code>"
     return ""
 
 
-def _row(values: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items())
+def format_row(row: Mapping[str, Any]) -> str:
+    """`key=value` pairs of an offending row or an observed value, floats to 4 digits."""
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
 
 
 def render(report: ValidationReport) -> str:

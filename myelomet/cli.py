@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from components.config import Config, load_config
@@ -178,7 +178,7 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
         )
         return 2
     if args.per == "series":
-        rows = iter(predictor.predict_series(args.paths))
+        rows: Iterable[dict] = predictor.predict_series(args.paths)
     else:
         rows = predictor.iter_predictions(args.paths)
     n_rows = n_errors = 0
