@@ -35,15 +35,15 @@ def _train(
     model, x: np.ndarray, y: np.ndarray, vx: np.ndarray, vy: np.ndarray, epochs: int, batch: int
 ) -> float:
     """Train with the training loop's own steps and batches; returns the final val loss."""
-    from components import runtime, training_data, training_loop
+    from components.training import batches, loop, runtime
 
-    training_loop.compile_model(model, 1e-3)
-    step = runtime.train_step(model, training_loop.weighted_loss)
+    loop.compile_model(model, 1e-3)
+    step = runtime.train_step(model, loop.weighted_loss)
     weights = np.ones(len(y), np.float32)
-    data = training_data.Batches(x, y, weights, np.arange(len(y)), batch, shuffle=True)
+    data = batches.Batches(x, y, weights, np.arange(len(y)), batch, shuffle=True)
     for epoch in range(epochs):
-        training_loop.fit_epoch(step, data, epoch, "", positive=0)
-        val = training_loop.scores(vy, training_loop.predict(model, vx), positive=0)
+        loop.fit_epoch(step, data, epoch, "", positive=0)
+        val = loop.scores(vy, loop.predict(model, vx), positive=0)
     return val["loss"]
 
 
@@ -58,7 +58,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from components import backbones, runtime, training_loop
+    from components.training import backbones, loop, runtime
 
     runtime.configure_runtime("off", "off")
     x, y = _phantoms(args.train + args.val, args.size, seed=0)
@@ -72,7 +72,7 @@ def main() -> None:
     backbones.copy_head(model, head)  # both start from the same head weights
 
     start = time.perf_counter()
-    features = training_loop.predict(backbones.feature_extractor(model), x)
+    features = loop.predict(backbones.feature_extractor(model), x)
     features_s = time.perf_counter() - start
     keras.utils.set_random_seed(1)
     train_f, val_f = features[: args.train], features[args.train :]

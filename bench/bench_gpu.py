@@ -1,6 +1,6 @@
 """Training and inference speed of the seven backbones on one GPU, in the paper's configuration.
 
-For every backbone the project's own classifier (`components.backbones.build_model`, random
+For every backbone the project's own classifier (`components.training.backbones.build_model`, random
 initialisation, every layer training) at its native input size (224 px, Xception 299) is built
 under a Keras dtype policy, compiled with Adam and sparse categorical crossentropy with XLA
 (`jit_compile=True`) and driven with `train_on_batch` on random 0..255 images. Measured:
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     import keras
 
-    from components import backbones
+    from components.training import backbones
 
     import_s = time.perf_counter() - started
     unknown = [n for n in args.backbones if n not in backbones.REGISTRY]

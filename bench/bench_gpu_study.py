@@ -1,7 +1,7 @@
 """The study's own training on one GPU: the seven backbones one after another, then packed
 onto the card, with a cold and then a warm compilation cache.
 
-Every backbone is trained by `python -m components.training` (what `myelomet train` starts
+Every backbone is trained by `python -m components.training.worker` (what `myelomet train` starts
 in each backbone's process: `train_backbone`, MLflow tracking included) through the same
 launcher and device pool as the train flow, on synthetic CT-like slices at each backbone's
 native size (224 px, Xception 299) from random initialisation (no ImageNet weights offline).
@@ -124,7 +124,7 @@ def _train_all(
 
     from components import tracking
     from components.config import load_config
-    from components.launcher import run_backbone_process
+    from components.training.launcher import run_backbone_process
 
     cfg = load_config(params)
     store = tracking.resolve_store(cfg.tracking, cfg.root)
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from components.config import load_config
-    from components.devices import (
+    from components.training.devices import (
         DevicePool,
         gpu_memory_mb,
         processes_per_gpu,

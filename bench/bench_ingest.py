@@ -4,7 +4,7 @@ and the peak memory of ingesting one large multi-frame file.
 Writes N uncompressed 512x512 CT slices (explicit VR little endian) into a temporary
 folder laid out as <root>/<CLASS>/<patient>/, then times, on the same files:
 - bare: `pydicom.dcmread(path)` and `.pixel_array`, nothing else;
-- ingest: `components.ingest.ingest` end to end (HU, npy, manifest, rejects).
+- ingest: `components.data.ingest.ingest` end to end (HU, npy, manifest, rejects).
 
 Each is run `--rounds` times, alternating, and the best round is reported, e.g.
 `ingest 412 slices/s; bare read 980 slices/s; ingest/bare = 0.42`.
@@ -35,7 +35,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.ingest import ingest  # noqa: E402
+from components.data.ingest import ingest  # noqa: E402
 
 SIZE = 512
 CLASSES = ("MM", "OMBT")

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from components.config import load_config
-from components.synthetic import synthesize_cohort
+from components.data.synthetic.cohort import synthesize_cohort
 
 # What the pipeline writes (relative to the project root); the raw DICOM root is the input.
 OUTPUT_FOLDERS = (
@@ -113,7 +113,8 @@ def main() -> int:
     planted = {s for s in cohort.phi_strings() if len(s) >= MIN_LENGTH}
     # site names and station ids the phantom generator takes from its own source: they are
     # in every copy of the code (the logged model's too), and identify no patient
-    source = "".join(p.read_text() for p in (Path(__file__).parents[1] / "components").glob("*.py"))
+    package = Path(__file__).parents[1] / "components"
+    source = "".join(p.read_text() for p in package.rglob("*.py"))
     constants = {s for s in planted if s in source}
     identifiers = frozenset(planted - constants)
     files = outputs(cfg.root)

@@ -35,9 +35,10 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import registry, tracking  # noqa: E402
-from components.backbones import build_model  # noqa: E402
+from components import tracking  # noqa: E402
 from components.config import BACKBONES, InputConfig, TrackingConfig  # noqa: E402
+from components.registry import promotion  # noqa: E402
+from components.training.backbones import build_model  # noqa: E402
 from tests.dicom_factory import stored_pixels, write_plain  # noqa: E402
 from tests.serving_server import mlflow_model_server  # noqa: E402
 
@@ -53,7 +54,7 @@ def _register(root: Path, backbone: str, size: int) -> str:
     metrics = {"image_size": size, "data_version": "bench", "weights": "random"}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     store = tracking.resolve_store(TrackingConfig(experiment="bench"), root)
-    logged = registry.log_candidate(
+    logged = promotion.log_candidate(
         store,
         tracking.start_study(store, "bench"),
         backbone,
@@ -64,7 +65,7 @@ def _register(root: Path, backbone: str, size: int) -> str:
         "MM",
         {"slice": 0.5},
     )
-    registry.register_and_promote(
+    promotion.register_and_promote(
         store, logged.model_uri, NAME, logged.tags, "patient_auc", 0.5, None, 0.0
     )
     return store.tracking_uri

@@ -30,11 +30,11 @@ Loop = Callable[[Any, Any, int], None]
 def _model(name: str, size: int) -> Any:
     import keras
 
-    from components import backbones, training_loop
+    from components.training import backbones, loop
 
     keras.utils.set_random_seed(0)
     model = backbones.build_model(name, size, "none")
-    training_loop.compile_model(model, 1e-3)
+    loop.compile_model(model, 1e-3)
     return model
 
 
@@ -43,11 +43,11 @@ def _loop_project(xla: bool) -> Loop:
     state: dict[str, Any] = {}
 
     def run(model: Any, batches: Any, epoch: int) -> None:
-        from components import runtime, training_loop
+        from components.training import loop, runtime
 
         if "step" not in state:
-            state["step"] = runtime.train_step(model, training_loop.weighted_loss, xla)
-        training_loop.fit_epoch(state["step"], batches, epoch, "", positive=0)
+            state["step"] = runtime.train_step(model, loop.weighted_loss, xla)
+        loop.fit_epoch(state["step"], batches, epoch, "", positive=0)
 
     return run
 
@@ -97,8 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.perf_counter()
-    from components import backbones, runtime, training_data
     from components.config import load_config
+    from components.training import backbones, batches, runtime
 
     cfg = load_config(args.params)
     rt = runtime.configure_runtime(cfg.training.mixed_precision, cfg.training.xla)
@@ -120,18 +120,18 @@ def main() -> None:
         size = backbones.get_backbone(name).input_size(args.size or cfg.training.image_size)
         x = rng.uniform(0, 255, (args.images, size, size, 3)).astype(np.float32)
         y = rng.integers(0, 2, args.images).astype(np.int32)
-        w = training_data.class_weights(y, 2)[y]
-        data = training_data.Batches(x, y, w, np.arange(len(y)), batch, shuffle=True)
+        w = batches.class_weights(y, 2)[y]
+        data = batches.Batches(x, y, w, np.arange(len(y)), batch, shuffle=True)
         base = None
         for label, make_loop in loops.items():
-            model, loop = _model(name, size), make_loop()
+            model, train = _model(name, size), make_loop()
             start = time.perf_counter()
-            loop(model, data, 0)
+            train(model, data, 0)
             first_s = time.perf_counter() - start
             rates = []
             for epoch in range(1, args.epochs + 1):
                 start = time.perf_counter()
-                loop(model, data, epoch)
+                train(model, data, epoch)
                 rates.append(len(data) * batch / (time.perf_counter() - start))
             rate = float(np.median(rates))
             base = base or rate

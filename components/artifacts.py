@@ -28,7 +28,7 @@ TRAINING_SUMMARY_FILE = "train.json"
 STUDY_PAGE = "study.html"
 VALIDATION_PAGE = "index.html"
 
-# Exit codes of a backbone's training process (`python -m components.training`).
+# Exit codes of a backbone's training process (`python -m components.training.worker`).
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2

@@ -27,7 +27,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.config import TrackingConfig
-from components.relocation import check_not_moved
+from components.registry.relocation import check_not_moved
 
 if TYPE_CHECKING:
     import keras
@@ -424,7 +424,7 @@ class BackboneRun:
         """
         from mlflow.models import infer_signature
 
-        from components.runtime import framework_requirements
+        from components.training.runtime import framework_requirements
 
         info = mlflow.keras.log_model(
             model,

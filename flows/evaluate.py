@@ -22,18 +22,20 @@ from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 from prefect.settings import get_current_settings
 
-from components import registry, study, tracking
+from components import tracking
 from components.artifacts import STUDY_FILE
 from components.config import Config, load_config
-from components.evaluation import (
+from components.evaluation import report_inputs
+from components.evaluation.candidates import (
     EvaluationResults,
     headline_metrics,
     run_metrics,
     write_outputs,
 )
-from components.registry import RegistryOutcome
-from components.report import results_markdown, write_study_report
-from components.training_data import data_paths, data_version
+from components.evaluation.report import results_markdown, write_study_report
+from components.registry import promotion
+from components.registry.promotion import RegistryOutcome
+from components.training.batches import data_paths, data_version
 
 ARTIFACT_KEY = "study-results"
 PROMOTION_LIMIT_PREFIX = "myelomet-promotion-"
@@ -42,7 +44,7 @@ _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 @task(name="score-candidates", **_TASK)
 def score(cfg: Config, backbones: list[str]) -> EvaluationResults:
-    return study.evaluate_study(cfg, backbones)
+    return report_inputs.evaluate_study(cfg, backbones)
 
 
 @task(name="write-metrics", **_TASK)
@@ -71,7 +73,7 @@ def log_candidates(cfg: Config, results: EvaluationResults, parent_run_id: str) 
 @task(name="register-and-promote", **_TASK)
 def register(cfg: Config, results: EvaluationResults, parent_run_id: str) -> RegistryOutcome:
     with promotion_slot(cfg.evaluation.registered_model):
-        return registry.register_selected(cfg, results, parent_run_id)
+        return promotion.register_selected(cfg, results, parent_run_id)
 
 
 def promotion_slot(model_name: str) -> AbstractContextManager[None]:
@@ -91,7 +93,7 @@ def promotion_slot(model_name: str) -> AbstractContextManager[None]:
 def gradcam(cfg: Config, results: EvaluationResults) -> Path | None:
     out = cfg.path(cfg.evaluation.reports_out) / "figures" / "gradcam.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return study.gradcam_png(cfg, results, out)
+    return report_inputs.gradcam_png(cfg, results, out)
 
 
 @task(name="write-study-report", **_TASK)
@@ -108,7 +110,7 @@ def write_report(
         "git commit": tracking.git_commit(cfg.root) or "none",
         "MLflow study run": parent_run_id,
     }
-    inputs = study.study_inputs(cfg, results, backbones, outcome, gradcam_path, run_info)
+    inputs = report_inputs.study_inputs(cfg, results, backbones, outcome, gradcam_path, run_info)
     out = cfg.path(cfg.evaluation.reports_out) / "study.html"
     return write_study_report(out, inputs).html
 

@@ -27,9 +27,10 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import State
 from prefect.utilities.urls import url_for
 
-from components import notify, pipeline, tracking
+from components import tracking
 from components.artifacts import EVALUATION_METRICS_FILE, VALIDATION_PAGE
 from components.config import Config, load_config
+from components.pipeline import notify, stages
 
 ARTIFACT_KEYS = {
     "validation": "study-validation",
@@ -45,7 +46,7 @@ _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 def run_stage(stage: str, root: Path) -> Path:
     """Reproduce one stage through DVC, its output lines in this task's log."""
     logger = get_run_logger()
-    return pipeline.run_stage(stage, root, logger.info)
+    return stages.run_stage(stage, root, logger.info)
 
 
 @task(name="dvc-experiment", task_run_name="exp-{name}", **_TASK)
@@ -54,38 +55,38 @@ def run_experiment(name: str, root: Path, overrides: dict[str, Any]) -> None:
     rewrites are put back afterwards, also when it fails."""
     logger = get_run_logger()
     logger.info("experiment %s: %s", name, overrides or "params.yaml as it is")
-    snapshot = pipeline.snapshot_workspace(root)
-    cmd = pipeline.experiment_args(name, overrides)
-    log_path = pipeline.stage_log_path(root, f"exp-{name}")
+    snapshot = stages.snapshot_workspace(root)
+    cmd = stages.experiment_args(name, overrides)
+    log_path = stages.stage_log_path(root, f"exp-{name}")
     try:
-        returncode, tail = pipeline.stream_command(cmd, root, logger.info, log_path)
+        returncode, tail = stages.stream_command(cmd, root, logger.info, log_path)
     finally:
-        if not pipeline.restore_workspace(root, snapshot, logger.info):
+        if not stages.restore_workspace(root, snapshot, logger.info):
             logger.warning(
                 "params.yaml and dvc.lock are back, but `dvc checkout` could not restore every "
                 "output; the next `dvc repro` (or scheduled study) rebuilds what is missing"
             )
     if returncode != 0:
-        raise pipeline.StageFailed(f"exp-{name}", returncode, tail, log_path)
+        raise stages.StageFailed(f"exp-{name}", returncode, tail, log_path)
 
 
 @task(name="publish-results", **_TASK)
-def publish(cfg: Config, before: pipeline.RegistryState) -> dict[str, str | None]:
+def publish(cfg: Config, before: stages.RegistryState) -> dict[str, str | None]:
     """Markdown artifacts of the validation summary, Table 2 and the registry outcome.
 
     Returns:
         The champion and challenger versions after the run.
     """
     store = tracking.resolve_store(cfg.tracking, cfg.root)
-    after = pipeline.registry_state(store.tracking_uri, cfg.evaluation.registered_model)
+    after = stages.registry_state(store.tracking_uri, cfg.evaluation.registered_model)
     reports = cfg.path(cfg.evaluation.reports_out)
     texts = {
-        "validation": pipeline.validation_markdown(
+        "validation": stages.validation_markdown(
             cfg.path(cfg.validation.summary_out),
             cfg.path(cfg.validation.docs_out) / VALIDATION_PAGE,
         ),
-        "table2": pipeline.table2_markdown(reports / EVALUATION_METRICS_FILE),
-        "registry": pipeline.registry_markdown(before, after),
+        "table2": stages.table2_markdown(reports / EVALUATION_METRICS_FILE),
+        "registry": stages.registry_markdown(before, after),
     }
     descriptions = {
         "validation": "Great Expectations results of the data this run used",
@@ -99,9 +100,9 @@ def publish(cfg: Config, before: pipeline.RegistryState) -> dict[str, str | None
     return {"champion": after.holder("champion"), "challenger": after.holder("challenger")}
 
 
-def _registry_now(cfg: Config) -> pipeline.RegistryState:
+def _registry_now(cfg: Config) -> stages.RegistryState:
     store = tracking.resolve_store(cfg.tracking, cfg.root)
-    return pipeline.registry_state(store.tracking_uri, cfg.evaluation.registered_model)
+    return stages.registry_state(store.tracking_uri, cfg.evaluation.registered_model)
 
 
 def _failure_places(cfg: Config, flow_run: FlowRun, error: BaseException | None) -> list[str]:
@@ -109,7 +110,7 @@ def _failure_places(cfg: Config, flow_run: FlowRun, error: BaseException | None)
     run_url = url_for(flow_run)
     if run_url:
         places.append(f"this run in the Prefect UI: {run_url}")
-    if isinstance(error, pipeline.StageFailed):
+    if isinstance(error, stages.StageFailed):
         places.append(f"the stage's full log: `{error.log_path}`")
         if error.stage == "validate":
             docs = cfg.path(cfg.validation.docs_out) / VALIDATION_PAGE
@@ -154,10 +155,10 @@ def study(params: str = "params.yaml") -> dict[str, Any]:
     """
     cfg = load_config(params)
     before = _registry_now(cfg)
-    stages = pipeline.stage_order(cfg.root)
-    for stage in stages:
+    order = stages.stage_order(cfg.root)
+    for stage in order:
         run_stage(stage, cfg.root)
-    return {"stages": stages, **publish(cfg, before)}
+    return {"stages": order, **publish(cfg, before)}
 
 
 @flow(name="train-on-demand", on_failure=[notify_failure], on_crashed=[notify_failure])
@@ -185,7 +186,7 @@ def train_on_demand(
         StageFailed: the experiment failed; the workspace files are back as they were.
     """
     cfg = load_config(params)
-    overrides = pipeline.experiment_overrides(preset, backbones, epochs, cfg.training.overrides)
+    overrides = stages.experiment_overrides(preset, backbones, epochs, cfg.training.overrides)
     before = _registry_now(cfg)
     name = f"{preset}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     run_experiment(name, cfg.root, overrides)

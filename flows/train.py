@@ -27,15 +27,15 @@ from prefect.futures import wait
 from components import tracking
 from components.artifacts import STUDY_FILE, TRAINING_SUMMARY_FILE
 from components.config import Config, load_config, slowest_first
-from components.devices import (
+from components.evaluation.report import training_markdown, write_training_summary
+from components.training.devices import (
     DevicePool,
     gpu_memory_mb,
     processes_per_gpu,
     usable_cpus,
     visible_gpus,
 )
-from components.launcher import BackboneFailed, describe_progress, run_backbone_process
-from components.report import training_markdown, write_training_summary
+from components.training.launcher import BackboneFailed, describe_progress, run_backbone_process
 
 ARTIFACT_KEY = "training-results"
 

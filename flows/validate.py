@@ -16,10 +16,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from components import validation
 from components.artifacts import MANIFEST_FILE
+from components.checks import suites
+from components.checks.suites import DataValidationError, ValidationReport
 from components.config import ValidationConfig, load_config
-from components.validation import DataValidationError, ValidationReport
 
 ARTIFACT_KEY = "data-validation"
 
@@ -28,13 +28,13 @@ ARTIFACT_KEY = "data-validation"
 @task(cache_policy=NO_CACHE, persist_result=False)
 def load_tables(manifest_path: Path, split_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read the manifest and the split."""
-    return validation.read_tables(manifest_path, split_path)
+    return suites.read_tables(manifest_path, split_path)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def compute_pixel_stats(manifest: pd.DataFrame, root: Path, bone_hu: float) -> pd.DataFrame:
     """Per-slice pixel statistics from the HU arrays."""
-    return validation.pixel_stats(manifest, root, bone_hu)
+    return suites.pixel_stats(manifest, root, bone_hu)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -49,22 +49,20 @@ def run_suites(
     docs_dir: Path,
 ) -> ValidationReport:
     """Validate every suite and write the results page."""
-    return validation.run_validation(
-        manifest, split, pixels, cfg, classes, fractions, mode, docs_dir
-    )
+    return suites.run_validation(manifest, split, pixels, cfg, classes, fractions, mode, docs_dir)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def write_summary(report: ValidationReport, path: Path) -> Path:
     """Write the JSON summary DVC tracks as a metric."""
-    return validation.write_summary(report, path)
+    return suites.write_summary(report, path)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def publish(report: ValidationReport) -> None:
     """Publish the result table as a markdown artifact."""
     create_markdown_artifact(
-        markdown=validation.markdown_table(report),
+        markdown=suites.markdown_table(report),
         key=ARTIFACT_KEY,
         description="Great Expectations results of the manifest, pixel and split suites",
     )
@@ -102,6 +100,6 @@ def validate(params: str = "params.yaml") -> ValidationReport:
     write_summary(report, cfg.path(cfg.validation.summary_out))
     publish(report)
     if not report.success:
-        raise DataValidationError(validation.failure_message(report))
-    get_run_logger().info(validation.success_line(report))
+        raise DataValidationError(suites.failure_message(report))
+    get_run_logger().info(suites.success_line(report))
     return report

@@ -16,7 +16,7 @@ Command = Callable[[argparse.Namespace, Config], int]
 
 
 def _synthesize(args: argparse.Namespace, cfg: Config) -> int:
-    from components.synthetic import synthesize_cohort
+    from components.data.synthetic.cohort import synthesize_cohort
 
     out = Path(args.out) if args.out else cfg.path(cfg.synthetic.out)
     summary = synthesize_cohort(cfg.synthetic, cfg.classes, out)
@@ -25,8 +25,8 @@ def _synthesize(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _ingest(args: argparse.Namespace, cfg: Config) -> int:
-    from components.deid import study_key
-    from components.ingest import ingest
+    from components.data.deid import study_key
+    from components.data.ingest import ingest
 
     root = Path(args.dicom_root) if args.dicom_root else cfg.path(cfg.data.dicom_root)
     out = Path(args.out) if args.out else cfg.path(cfg.ingest.out)
@@ -60,7 +60,7 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _split(args: argparse.Namespace, cfg: Config) -> int:
-    from components.split import write_split
+    from components.data.split import write_split
 
     outcome = write_split(cfg, args.mode)
     print(f"{outcome.mode}-level split written to {outcome.path}\n{outcome.table.to_string()}")
@@ -81,7 +81,7 @@ def _prefect_defaults() -> None:
 
 def _validate(args: argparse.Namespace, cfg: Config) -> int:
     _prefect_defaults()
-    from components.validation import DataValidationError, success_line
+    from components.checks.suites import DataValidationError, success_line
     from flows.validate import validate
 
     try:
@@ -123,7 +123,7 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 def _study(args: argparse.Namespace, cfg: Config) -> int:
     _prefect_defaults()
-    from components.pipeline import StageFailed
+    from components.pipeline.stages import StageFailed
     from flows.study import study
 
     try:
@@ -139,7 +139,7 @@ def _study(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _leakage(args: argparse.Namespace, cfg: Config) -> int:
-    from components.leakage import run_leakage
+    from components.evaluation.leakage import run_leakage
 
     result = run_leakage(cfg, _params(args, cfg), print)
     if result is None:
@@ -159,8 +159,8 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
 
     from mlflow.exceptions import MlflowException
 
-    from components.registry import load_predictor
-    from components.relocation import check_not_moved
+    from components.registry.promotion import load_predictor
+    from components.registry.relocation import check_not_moved
     from components.tracking import resolve_store
 
     model = args.model or f"models:/{cfg.evaluation.registered_model}@champion"
@@ -190,7 +190,7 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _doctor(args: argparse.Namespace, cfg: Config) -> int:
-    from components.relocation import check_not_moved, relocate
+    from components.registry.relocation import check_not_moved, relocate
     from components.tracking import resolve_store
 
     store = resolve_store(cfg.tracking, cfg.root)
@@ -207,7 +207,7 @@ def _doctor(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _fetch_weights(args: argparse.Namespace, cfg: Config) -> int:
-    from components.backbones import fetch_weights
+    from components.training.backbones import fetch_weights
 
     names = args.backbone or list(cfg.training.backbones)
     manifest = fetch_weights(names, Path(args.out))

@@ -14,9 +14,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from components.backbones import build_model
 from components.config import InputConfig, Window
-from components.dataset import model_input
+from components.data.dataset import model_input
+from components.training.backbones import build_model
 from tests.dicom_factory import ct_dataset, expected_hu, stored_pixels
 
 BACKBONE = "VGG16"

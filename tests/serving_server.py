@@ -15,7 +15,8 @@ from pathlib import Path
 
 import requests
 
-from components import registry, tracking
+from components import tracking
+from components.registry import promotion
 from tests.model_factory import BACKBONE, CLASSES, POSITIVE, WINDOWS, tiny_model, write_models_dir
 from tests.tool_env import project_env
 
@@ -38,7 +39,7 @@ def register_tiny_champion(root: Path, experiment: str = "serve-test") -> str:
     )
     models_dir = write_models_dir(root, tiny_model())
     study = tracking.start_study(store, "serve")
-    logged = registry.log_candidate(
+    logged = promotion.log_candidate(
         store,
         study,
         BACKBONE,
@@ -49,7 +50,7 @@ def register_tiny_champion(root: Path, experiment: str = "serve-test") -> str:
         POSITIVE,
         {"slice": CHAMPION_THRESHOLD},
     )
-    registry.register_and_promote(
+    promotion.register_and_promote(
         store, logged.model_uri, "myelomet", logged.tags, "patient_auc", 0.8, None, 0.0
     )
     return store.tracking_uri

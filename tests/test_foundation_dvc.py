@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from components.config import SyntheticConfig
-from components.synthetic import synthesize_cohort
+from components.data.synthetic.cohort import synthesize_cohort
 from tests.tool_env import SCRIPTS, project_env
 
 REPO = Path(__file__).resolve().parents[1]

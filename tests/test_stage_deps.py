@@ -52,7 +52,7 @@ def test_a_stage_depends_on_exactly_the_code_it_runs(name):
 
 def test_the_check_fails_when_a_module_is_left_out():
     stage = STAGES["train"]
-    dropped = "components/training_loop.py"
+    dropped = "components/training/loop.py"
     assert dropped in stage["deps"]
     missing, _ = missing_and_extra({**stage, "deps": [d for d in stage["deps"] if d != dropped]})
     assert missing == {dropped}

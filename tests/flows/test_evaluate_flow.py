@@ -26,12 +26,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from components import tracking
 from components.artifacts import STUDY_FILE
+from components.checks.page import write_page
+from components.checks.suites import ValidationReport
 from components.config import load_config
-from components.validation import ValidationReport
-from components.validation_page import write_page
 from flows.evaluate import ARTIFACT_KEY, PROMOTION_LIMIT_PREFIX, evaluate, promotion_slot
 from flows.train import train
-from tests.components.test_training import _write_tiny_project
+from tests.components.training.test_worker import _write_tiny_project
 from tests.offline_html import assert_offline
 
 pytestmark = [

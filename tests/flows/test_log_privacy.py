@@ -18,7 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.logging.handlers import APILogHandler
 
-from components import pipeline
+from components.pipeline import stages
 from flows.study import run_stage
 from tests import dicom_factory as factory
 from tests.tool_env import project_env
@@ -72,7 +72,7 @@ def test_the_study_flow_logs_no_identifying_folder_or_file_name(tmp_path, monkey
 
     state = _ingest_only(str(root), return_state=True)
     assert state.is_completed()
-    stage_log = pipeline.stage_log_path(root, "ingest").read_text()
+    stage_log = stages.stage_log_path(root, "ingest").read_text()
     server_logs = _server_logs(state.state_details.flow_run_id, "1 files rejected")
     assert "1 files rejected" in stage_log  # the reject was reported, by its pseudonym
     assert any("1 files rejected" in line for line in server_logs)

@@ -39,7 +39,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Scheduled
 
-from components import notify, pipeline
+from components.pipeline import notify, stages
 from flows.study import ARTIFACT_KEYS
 from tests.tool_env import SCRIPTS, project_env
 
@@ -161,8 +161,8 @@ def _flow_run_outcome(flow_run_id: UUID) -> tuple[StateType, str, dict[str, str]
     return run.state.type, run.state.message or "", {a.key: a.data for a in artifacts if a.key}
 
 
-def _registry(root: Path) -> pipeline.RegistryState:
-    return pipeline.registry_state(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", MODEL)
+def _registry(root: Path) -> stages.RegistryState:
+    return stages.registry_state(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", MODEL)
 
 
 def test_deployments_read_back_and_a_triggered_study_completes_with_artifacts(
@@ -197,13 +197,13 @@ def test_deployments_read_back_and_a_triggered_study_completes_with_artifacts(
     )
     assert _registry(project).holder("champion") == "1"
     lock = yaml.safe_load((project / "dvc.lock").read_text())
-    assert set(lock["stages"]) == set(pipeline.stage_order(project))
+    assert set(lock["stages"]) == set(stages.stage_order(project))
 
 
 def test_on_demand_training_is_a_dvc_experiment_that_leaves_the_workspace_as_it_was(
     server, project, tmp_path
 ):
-    workspace = pipeline.snapshot_workspace(project)
+    workspace = stages.snapshot_workspace(project)
     with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
         flow_run = run_deployment(
             ON_DEMAND, parameters={"backbones": ["MobileNet"], "epochs": 2}, timeout=0
@@ -213,7 +213,7 @@ def test_on_demand_training_is_a_dvc_experiment_that_leaves_the_workspace_as_it_
 
     assert state == StateType.COMPLETED, message
     assert "Registered version 2 (MobileNet)" in artifacts[ARTIFACT_KEYS["registry"]]
-    assert pipeline.snapshot_workspace(project) == workspace
+    assert stages.snapshot_workspace(project) == workspace
     experiments = _ok([str(SCRIPTS / "dvc"), "exp", "list", "--name-only"], project, server)
     assert any(name.startswith("demo-") for name in experiments.split()), experiments
 

@@ -18,7 +18,7 @@ from components import tracking
 from components.artifacts import STUDY_FILE
 from components.config import BACKBONES, load_config
 from flows.train import ARTIFACT_KEY, train
-from tests.components.test_training import _write_tiny_project
+from tests.components.training.test_worker import _write_tiny_project
 
 pytestmark = [
     pytest.mark.slow,

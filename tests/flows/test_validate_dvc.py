@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.components.test_validation import write_dataset
+from tests.components.checks.test_suites import write_dataset
 from tests.tool_env import project_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ DVC_YAML = {
                 "${ingest.out}/manifest.csv",
                 "${ingest.out}/slices",
                 "${split.out}",
-                "components/validation.py",
+                "components/checks/suites.py",
                 "flows/validate.py",
             ],
             "outs": ["${validation.docs_out}"],

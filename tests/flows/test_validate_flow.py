@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from flows import validate as validate_module
 from flows.validate import ARTIFACT_KEY, validate
 from myelomet.cli import main
-from tests.components.test_validation import write_dataset
+from tests.components.checks.test_suites import write_dataset
 
 
 def _project(root: Path) -> Path:

@@ -1,0 +1,1 @@
+"""Data validation: the Great Expectations suites and their results page."""

@@ -1,0 +1,1 @@
+"""Reading, de-identifying, synthesising, preparing and splitting the CT data."""

@@ -1,0 +1,1 @@
+"""The synthetic demo cohort: vertebra CT phantoms with MM or OMBT lesions, as DICOM."""

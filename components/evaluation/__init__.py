@@ -1,0 +1,1 @@
+"""Metrics with confidence intervals, selection, Grad-CAM, leakage and the study report."""

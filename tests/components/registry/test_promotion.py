@@ -1,0 +1,534 @@
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from components import tracking
+from components.config import Config, EvaluationConfig, TrackingConfig, load_config
+from components.data.dicom import read_ct
+from components.evaluation.candidates import evaluate
+from components.evaluation.metrics import aggregate_patients, roc_auc, threshold_metrics
+from components.evaluation.report import format_estimate
+from components.registry import promotion
+from components.training.backbones import load_model
+from myelomet.cli import main
+from tests.dicom_factory import write_ct_files, write_mr, write_multiframe
+from tests.model_factory import (
+    BACKBONE,
+    CLASSES,
+    POSITIVE,
+    WINDOWS,
+    ct_like_slices,
+    keras_probability,
+    tiny_model,
+    write_models_dir,
+)
+from tests.tool_env import project_env
+
+ROOT = Path(__file__).resolve().parents[3]
+THRESHOLDS = {"slice": 0.4, "patient": 0.35}
+CONTRACT = ["file", "frame", "p_mm", "label", "threshold", "error"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield tracking.resolve_store(TrackingConfig(experiment="registry-test"), root)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    return write_models_dir(tmp_path_factory.mktemp("training"), tiny_model())
+
+
+@pytest.fixture(scope="module")
+def study(store):
+    return tracking.start_study(store, "study")
+
+
+@pytest.fixture(scope="module")
+def logged(store, study, models_dir):
+    return promotion.log_candidate(
+        store, study, BACKBONE, [BACKBONE], models_dir, WINDOWS, CLASSES, POSITIVE, THRESHOLDS
+    )
+
+
+@pytest.fixture(scope="module")
+def pyfunc(logged):
+    return mlflow.pyfunc.load_model(logged.model_uri)
+
+
+@pytest.fixture(scope="module")
+def ct_files(tmp_path_factory):
+    return write_ct_files(tmp_path_factory.mktemp("dicom"), 3)
+
+
+def _keras_p(models_dir: Path, hu_slices) -> np.ndarray:
+    return keras_probability(load_model(models_dir / BACKBONE / "model.keras"), hu_slices)
+
+
+def test_the_candidate_is_logged_as_a_pyfunc_in_a_child_run_of_the_study(store, study, logged):
+    client = MlflowClient(store.tracking_uri)
+    run = client.get_run(logged.run_id)
+    assert run.data.tags[tracking.PARENT_TAG] == study
+    assert run.data.tags[tracking.KIND_TAG] == "candidate"
+    assert run.data.tags[tracking.BACKBONE_TAG] == run.data.tags["candidate"] == BACKBONE
+    assert logged.tags["data_version"] == "dv1"
+    assert logged.tags["backbones"] == BACKBONE
+    assert logged.tags["threshold.slice"] == "0.4"
+
+    info = mlflow.models.get_model_info(logged.model_uri)
+    assert info.signature.inputs.input_names() == ["dicom", "path", "name", "per"]
+    assert [t.name for t in info.signature.inputs.input_types()] == ["binary", *["string"] * 3]
+    assert not info.signature.inputs.required_input_names()
+    assert info.signature.outputs.input_names() == [*CONTRACT, "series", "n_slices", "n_rejected"]
+    assert info.flavors["python_function"]["code"] == "code"
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(logged.model_uri)).read_text()
+    for dist in ("mlflow", "tensorflow", "keras", "pydicom", "pandas"):
+        assert f"{dist}==" in requirements
+    spec = mlflow.pyfunc.load_model(logged.model_uri).unwrap_python_model().predictor.spec
+    assert spec.keras_backend == keras.backend.backend()  # what the members trained on
+
+
+def test_the_pyfunc_predicts_dicom_bytes_and_paths_like_keras_on_model_input(
+    pyfunc, models_dir, ct_files, tmp_path
+):
+    expected = _keras_p(models_dir, [read_ct(f).hu[0] for f in ct_files])
+    multi = write_multiframe(tmp_path / "multi.dcm", frames=2)
+    mr = write_mr(tmp_path / "mr.dcm").path
+
+    out = pyfunc.predict(
+        pd.DataFrame(
+            {
+                "dicom": [f.read_bytes() for f in ct_files] + [b"garbage", mr.read_bytes()],
+                "name": ["a", "b", "c", "junk", None],
+            }
+        )
+    )
+    assert list(out.columns) == CONTRACT
+    assert list(out["file"]) == ["a", "b", "c", "junk", "dicom[4]"]
+    np.testing.assert_allclose(out["p_mm"][:3].astype(float), expected, rtol=1e-5, atol=1e-6)
+    assert list(out["label"][:3]) == ["MM" if p >= 0.4 else "OMBT" for p in expected]
+    assert list(out["threshold"][:3]) == [0.4] * 3
+    assert out["error"][:3].isna().all() and out["frame"][:3].isna().all()
+    assert out["error"][3].startswith("not_dicom") and out["error"][4].startswith("modality_not_ct")
+    assert out.loc[3:, "p_mm"].isna().all()
+
+    by_path = pyfunc.predict(pd.DataFrame({"path": [str(ct_files[0]), str(multi.path)]}))
+    assert list(by_path["file"]) == [str(ct_files[0])] + [str(multi.path)] * 2
+    assert list(by_path["frame"]) == [None, 0, 1]
+    np.testing.assert_allclose(by_path["p_mm"][0], expected[0], rtol=1e-5)
+    json.dumps(by_path.to_dict(orient="records"))  # what the scoring server returns
+
+
+def test_the_pyfunc_refuses_requests_it_cannot_serve(pyfunc, ct_files, monkeypatch):
+    model = pyfunc.unwrap_python_model()
+    with pytest.raises(MlflowException, match='send a "dicom" column'):
+        model.predict(None, pd.DataFrame({"name": ["x"]}))
+    with pytest.raises(MlflowException, match="dicom holds str, not bytes"):
+        model.predict(None, pd.DataFrame({"dicom": ["aGVsbG8="]}))
+    with pytest.raises(MlflowException, match="row 0 has neither dicom nor path"):
+        model.predict(None, pd.DataFrame({"dicom": [None], "path": [None]}))
+
+    monkeypatch.setattr(model, "max_request_bytes", 1000)
+    with pytest.raises(MlflowException, match="over the limit of 1000"):
+        model.predict(None, pd.DataFrame({"dicom": [ct_files[0].read_bytes()]}))
+
+    monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")
+    with pytest.raises(MlflowException, match="does not read files from its own disk"):
+        model.predict(None, pd.DataFrame({"path": [str(ct_files[0])]}))
+    monkeypatch.setenv(promotion.ALLOW_PATHS_ENV, "1")
+    assert model.predict(None, pd.DataFrame({"path": [str(ct_files[0])]}))["error"].isna().all()
+
+
+def test_max_request_bytes_comes_from_the_environment(logged, monkeypatch):
+    monkeypatch.setenv(promotion.MAX_REQUEST_BYTES_ENV, "12345")
+    assert (
+        mlflow.pyfunc.load_model(logged.model_uri).unwrap_python_model().max_request_bytes == 12345
+    )
+    monkeypatch.setenv(promotion.MAX_REQUEST_BYTES_ENV, "lots")
+    with pytest.raises(ValueError, match="expected a positive integer"):
+        mlflow.pyfunc.load_model(logged.model_uri)
+
+
+def _register(store, logged, name, value, metric="patient_auc", **kwargs):
+    tags = {**logged.tags, "data_version": kwargs.pop("data_version", "dv1")}
+    return promotion.register_and_promote(
+        store,
+        logged.model_uri,
+        name,
+        tags,
+        metric,
+        value,
+        kwargs.pop("rescore", None),
+        kwargs.pop("min_improvement", 0.0),
+    )
+
+
+def _aliases(store, name) -> dict[str, str]:
+    aliases = MlflowClient(store.tracking_uri).get_registered_model(name).aliases
+    return {alias: str(version) for alias, version in aliases.items()}
+
+
+def _tags(store, name, version) -> dict[str, str]:
+    return MlflowClient(store.tracking_uri).get_model_version(name, version).tags
+
+
+def test_the_first_version_becomes_champion_with_its_tags(store, logged):
+    outcome = _register(store, logged, "first", 0.8)
+
+    assert (outcome.version, outcome.alias, outcome.candidate) == ("1", "champion", BACKBONE)
+    assert (outcome.previous_version, outcome.previous_value) == (None, None)
+    assert _aliases(store, "first") == {"champion": "1"}
+    tags = _tags(store, "first", "1")
+    assert tags["data_version"] == "dv1" and tags["backbones"] == BACKBONE
+    assert tags["test.patient_auc"] == "0.8"
+    assert tags["promotion.decision"] == "champion"
+    assert tags["promotion.compared"] == "first"
+    assert tags["promotion.champion_version"] == "none"
+    version = MlflowClient(store.tracking_uri).get_model_version("first", "1")
+    assert version.current_stage == "None"  # aliases only, never stages
+
+
+def test_a_worse_or_equal_version_is_challenger_and_never_takes_champion(store, logged):
+    _register(store, logged, "worse", 0.8)
+
+    worse = _register(store, logged, "worse", 0.7)
+    assert (worse.alias, worse.previous_version, worse.previous_value) == ("challenger", "1", 0.8)
+    assert _aliases(store, "worse") == {"champion": "1", "challenger": "2"}
+    tags = _tags(store, "worse", "2")
+    assert tags["promotion.decision"] == "challenger"
+    assert tags["promotion.champion_version"] == "1"
+    assert tags["promotion.champion_value"] == "0.8"
+    assert tags["promotion.new_value"] == "0.7"
+    assert tags["promotion.compared"] == "recorded"
+    assert "does not beat" in tags["promotion.reason"]
+
+    assert _register(store, logged, "worse", 0.8).alias == "challenger"  # a tie is not a win
+    short = _register(store, logged, "worse", 0.83, min_improvement=0.05)
+    assert short.alias == "challenger"
+    assert _aliases(store, "worse") == {"champion": "1", "challenger": "4"}
+
+
+def test_a_better_version_takes_champion_from_the_old_one(store, logged):
+    _register(store, logged, "better", 0.8)
+    _register(store, logged, "better", 0.7)
+
+    better = _register(store, logged, "better", 0.86, min_improvement=0.05)
+
+    assert (better.alias, better.version, better.previous_version) == ("champion", "3", "1")
+    assert _aliases(store, "better") == {"champion": "3", "challenger": "2"}
+    assert "beats champion v1" in better.reason
+    assert _tags(store, "better", "3")["promotion.decision"] == "champion"
+
+
+def test_lower_is_better_metrics_promote_the_smaller_value(store, logged):
+    _register(store, logged, "brier", 0.20, metric="patient_brier")
+    assert _register(store, logged, "brier", 0.25, metric="patient_brier").alias == "challenger"
+    assert _register(store, logged, "brier", 0.15, metric="patient_brier").alias == "champion"
+
+
+def test_a_champion_tested_on_other_data_is_rescored_or_kept(store, logged):
+    _register(store, logged, "drift", 0.8, data_version="dv0")
+
+    kept = _register(store, logged, "drift", 0.9)
+    assert kept.alias == "challenger"
+    assert _tags(store, "drift", "2")["promotion.compared"] == "not_comparable"
+
+    calls = []
+
+    def rescore(uri: str) -> float:
+        calls.append(uri)
+        return 0.6
+
+    promoted = _register(store, logged, "drift", 0.7, rescore=rescore)
+    assert calls == ["models:/drift/1"]
+    assert (promoted.alias, promoted.previous_value) == ("champion", 0.6)
+    assert _tags(store, "drift", "3")["promotion.compared"] == "rescored"
+    assert _aliases(store, "drift")["champion"] == "3"
+
+
+def test_register_needs_the_candidate_tags(store, logged):
+    with pytest.raises(ValueError, match="tags lack"):
+        promotion.register_and_promote(
+            store, logged.model_uri, "x", {"candidate": "a"}, "patient_auc", 0.5, None, 0.0
+        )
+    with pytest.raises(ValueError, match="<level>_<metric>"):
+        promotion.register_and_promote(
+            store, logged.model_uri, "x", logged.tags, "auc", 0.5, None, 0.0
+        )
+
+
+def test_rescorer_scores_a_registered_model_on_the_given_slices(store, logged, models_dir):
+    _register(store, logged, "rescored", 0.8)
+    hu = ct_like_slices(8)
+    y = np.array([1, 1, 0, 0, 1, 1, 0, 0])
+    patients = np.repeat(["a", "b", "c", "d"], 2)
+    p = _keras_p(models_dir, hu)
+
+    auc = promotion.rescorer(hu, y, patients, "patient_auc")("models:/rescored/1")
+    per_patient = aggregate_patients(patients, y, p)
+    assert auc == pytest.approx(roc_auc(per_patient["y"], per_patient["p"]))
+
+    sensitivity = promotion.rescorer(hu, y, patients, "slice_sensitivity")("models:/rescored/1")
+    assert sensitivity == pytest.approx(threshold_metrics(y, p, 0.4)["sensitivity"])
+
+
+def _cli(params: Path, *args: str) -> tuple[int, str, str]:
+    """`myelomet --params PARAMS ARGS...` in this process: exit code, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--params", str(params), *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def params(store) -> Path:
+    """A params file in the project root of the module's store."""
+    path = Path(store.tracking_uri.removeprefix("sqlite:///")).parents[1] / "params.yaml"
+    path.write_text(yaml.safe_dump({"tracking": {"experiment": store.experiment}}))
+    return path
+
+
+def test_predict_prints_one_json_line_per_slice(store, logged, ct_files, params, tmp_path):
+    _register(store, logged, "cli", 0.8)
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"\x00" * 300)
+
+    code, out, _ = _cli(
+        params, "predict", "--model", "models:/cli@champion", str(ct_files[0]), str(garbage)
+    )
+
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert list(lines[0]) == ["file", "p_mm", "label", "threshold"]
+    assert lines[0]["file"] == str(ct_files[0]) and 0 <= lines[0]["p_mm"] <= 1
+    assert set(lines[1]) == {"file", "error"} and lines[1]["file"] == str(garbage)
+
+    assert _cli(params, "predict", "--model", "models:/cli@champion", str(garbage))[0] == 1
+    code, _, err = _cli(params, "predict", "--model", "models:/nothing@champion", str(garbage))
+    assert code == 2 and "cannot load models:/nothing@champion" in err
+
+
+def test_the_pyfunc_and_the_cli_answer_per_series(logged, pyfunc, ct_files, params):
+    frame = pd.DataFrame(
+        {
+            "dicom": [f.read_bytes() for f in ct_files],
+            "name": [f"scan/{f.name}" for f in ct_files],
+            "per": "series",
+        }
+    )
+    out = pyfunc.predict(frame)
+    assert list(out.columns) == [
+        "series",
+        "p_mm",
+        "label",
+        "threshold",
+        "n_slices",
+        "n_rejected",
+        "error",
+    ]
+    assert sorted(out["series"]) == [f"scan (series {k})" for k in (1, 2, 3)]  # a UID each
+    assert set(out["n_slices"]) == {1} and set(out["threshold"]) == {THRESHOLDS["patient"]}
+    with pytest.raises(MlflowException, match="per is"):
+        pyfunc.predict(frame.assign(per=["series", "slice", "series"]))
+
+    folder = ct_files[0].parent
+    code, stdout, _ = _cli(
+        params, "predict", "--model", logged.model_uri, "--per", "series", str(folder)
+    )
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert code == 0 and [line["series"] for line in lines] == [
+        f"{folder} (series {k})" for k in (1, 2, 3)
+    ]
+
+
+@pytest.mark.parametrize("damage", ["pickle", "keras"])
+def test_a_damaged_model_is_one_line_naming_the_file(logged, ct_files, params, tmp_path, damage):
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
+    if damage == "pickle":
+        broken = local / "python_model.pkl"
+        broken.write_bytes(broken.read_bytes()[:40])
+    else:
+        broken = local / "artifacts" / "model.keras"
+        broken.write_bytes(broken.read_bytes()[:2000])
+
+    code, _, err = _cli(params, "predict", "--model", str(local), str(ct_files[0]))
+
+    ours = [line for line in err.splitlines() if line.startswith("myelomet predict: error:")]
+    assert code == 2 and len(ours) == 1 and "Traceback" not in err
+    assert broken.name in ours[0] and ("myelomet evaluate" in ours[0] or "retrain" in ours[0])
+
+
+def test_log_candidate_needs_the_training_outputs_of_every_member(store, study, models_dir):
+    with pytest.raises(FileNotFoundError, match="run `myelomet train` for MobileNet"):
+        promotion.log_candidate(
+            store, study, "ensemble", [BACKBONE, "MobileNet"], models_dir, WINDOWS, CLASSES,
+            POSITIVE, THRESHOLDS,
+        )  # fmt: skip
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project root with trained models, a manifest of HU slices and a split."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_models_dir(tmp_path, tiny_model())
+    slices = tmp_path / "data" / "processed" / "slices"
+    slices.mkdir(parents=True)
+    hu = ct_like_slices(12)
+    rows = []
+    for i, image in enumerate(hu):
+        np.save(slices / f"im{i}.npy", image)
+        split = "val" if i < 6 else "test"
+        label = "MM" if (i // 2) % 2 == 0 else "OMBT"
+        rows.append((f"im{i}", f"pt{i // 2}", label, split, f"slices/im{i}.npy"))
+    table = pd.DataFrame(rows, columns=["image_id", "patient", "label", "split", "file"])
+    table.to_csv(slices.parent / "manifest.csv", index=False)
+    (tmp_path / "data" / "splits").mkdir(parents=True)
+    table.drop(columns="file").to_csv(tmp_path / "data" / "splits" / "split.csv", index=False)
+    p = _keras_p(tmp_path / "models", hu)
+    return tmp_path, table.assign(p=p)
+
+
+def test_register_selected_logs_registers_and_rescores_a_champion_of_other_data(project):
+    root, predictions = project
+    cfg = Config(root=root, evaluation=EvaluationConfig(n_bootstrap=10))
+    results = evaluate({BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0)
+    chosen = results.candidates[BACKBONE]
+
+    store = tracking.resolve_store(cfg.tracking, root)
+    study_run = tracking.start_study(store, "study")
+    first = promotion.register_selected(cfg, results, study_run)
+
+    assert (first.version, first.alias, first.candidate) == ("1", "champion", BACKBONE)
+    tags = _tags(store, "myelomet", "1")
+    assert float(tags["test.patient_auc"]) == chosen.metrics["test"]["patient"]["auc"].value
+    assert not any(k.startswith("test.slice") for k in tags)  # metrics live in run and card
+    assert float(tags["threshold.slice"]) == pytest.approx(chosen.thresholds["slice"], rel=1e-5)
+    client = MlflowClient(store.tracking_uri)
+    version = client.get_model_version("myelomet", "1")
+    sensitivity = chosen.metrics["test"]["slice"]["sensitivity"]
+    run = client.get_run(version.run_id).data.metrics
+    assert run["test_slice_sensitivity"] == sensitivity.value
+    assert run["test_slice_sensitivity_ci_low"] == sensitivity.ci_low
+    card = Path(client.download_artifacts(version.run_id, "model_card.md", str(root))).read_text()
+    assert version.description == card
+    assert "Research use only" in card and "myelomet version 1" in card
+    assert f"| AUC | {format_estimate(chosen.metrics['test']['slice']['auc'], 3)} |" in card
+    assert "random initialisation" in card and "champion" in card
+
+    metrics_file = root / "models" / BACKBONE / "metrics.json"
+    metrics_file.write_text(
+        json.dumps({**json.loads(metrics_file.read_text()), "data_version": "dv2"})
+    )
+    second = promotion.register_selected(cfg, results, study_run)
+
+    test = predictions[predictions["split"] == "test"]
+    per_patient = aggregate_patients(
+        test["patient"], (test["label"] == POSITIVE).astype(int), test["p"]
+    )
+    rescored = roc_auc(per_patient["y"], per_patient["p"])
+    assert second.previous_version == "1"
+    assert second.previous_value == pytest.approx(rescored)
+    assert _tags(store, "myelomet", "2")["promotion.compared"] == "rescored"
+    new = chosen.metrics["test"]["patient"]["auc"].value
+    assert second.alias == ("champion" if new > rescored else "challenger")
+
+
+def test_a_moved_project_is_detected_relocated_and_predicts(
+    project, ct_files, tmp_path_factory, monkeypatch
+):
+    root, predictions = project
+    (root / "params.yaml").write_text("evaluation: {n_bootstrap: 10}\n")
+    cfg = load_config(root / "params.yaml")
+    results = evaluate({BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0)
+    store = tracking.resolve_store(cfg.tracking, root)
+    promotion.register_selected(cfg, results, tracking.start_study(store, "study"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # set by MLflow; a new shell has the project's
+    moved = tmp_path_factory.mktemp("elsewhere") / "project"
+    shutil.copytree(root, moved)
+    shutil.rmtree(root)
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        return _cli(moved / "params.yaml", *args)
+
+    code, _, err = cli("predict", str(ct_files[0]))
+    assert code == 2 and "myelomet doctor --relocate" in err and str(root) in err
+    assert cli("doctor")[0] == 2
+
+    code, out, _ = cli("doctor", "--relocate")
+    assert code == 0 and "relocated the MLflow store" in out
+    assert list((moved / "mlruns").glob("mlflow.db.before-relocate-*"))
+
+    code, out, _ = cli("predict", str(ct_files[0]))
+    assert code == 0 and 0 <= json.loads(out.splitlines()[0])["p_mm"] <= 1
+    store = tracking.resolve_store(cfg.tracking, moved)
+    experiment = MlflowClient(store.tracking_uri).get_experiment(tracking.connect(store))
+    assert experiment.artifact_location == (moved / "mlruns" / "artifacts").as_uri()
+    assert cli("doctor", "--relocate")[1].endswith("(ok)\n")
+
+
+_PROMOTE_AT = """
+import json, sys, time
+from pathlib import Path
+from components.registry import promotion
+from components.tracking import Store
+uri, model_uri, tags, barrier = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+decide = promotion._decide
+def slow_decide(*args, **kwargs):  # widen the window between reading and setting the alias
+    time.sleep(2)
+    return decide(*args, **kwargs)
+promotion._decide = slow_decide
+Path(barrier, f"ready-{len(list(Path(barrier).iterdir()))}").touch()
+while len(list(Path(barrier).iterdir())) < 2:  # both reach the registry together
+    time.sleep(0.01)
+store = Store(uri, None, "registry-test")
+outcome = promotion.register_and_promote(
+    store, model_uri, "race", tags, "patient_auc", 0.9, None, 0.0
+)
+print(outcome.alias)
+"""
+
+
+def test_two_promotions_at_once_leave_exactly_one_champion(store, logged, tmp_path):
+    tags = json.dumps({**logged.tags, "data_version": "dv1"})
+    env = project_env({"PYTHONPATH": str(ROOT)}, drop_prefixes=("MLFLOW_",))
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _PROMOTE_AT,
+                store.tracking_uri,
+                logged.model_uri,
+                tags,
+                str(tmp_path),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
+    assert sorted(out.strip().splitlines()[-1] for out, _ in outputs) == ["challenger", "champion"]
+    decisions = [_tags(store, "race", v)["promotion.decision"] for v in ("1", "2")]
+    assert sorted(decisions) == ["challenger", "champion"]
+    champion = _aliases(store, "race")["champion"]
+    assert _tags(store, "race", champion)["promotion.decision"] == "champion"
