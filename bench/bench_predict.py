@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking  # noqa: E402
 from components.config import BACKBONES, InputConfig, TrackingConfig  # noqa: E402
-from components.registry import promotion  # noqa: E402
+from components.registry import promotion, pyfunc  # noqa: E402
 from components.training.backbones import build_model  # noqa: E402
 from tests.dicom_factory import stored_pixels, write_plain  # noqa: E402
 from tests.serving_server import mlflow_model_server  # noqa: E402
@@ -54,7 +54,7 @@ def _register(root: Path, backbone: str, size: int) -> str:
     metrics = {"image_size": size, "data_version": "bench", "weights": "random"}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     store = tracking.resolve_store(TrackingConfig(experiment="bench"), root)
-    logged = promotion.log_candidate(
+    logged = pyfunc.log_candidate(
         store,
         tracking.start_study(store, "bench"),
         backbone,

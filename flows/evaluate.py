@@ -26,13 +26,10 @@ from components import tracking
 from components.artifacts import STUDY_FILE
 from components.config import Config, load_config
 from components.evaluation import report_inputs
-from components.evaluation.candidates import (
-    EvaluationResults,
-    headline_metrics,
-    run_metrics,
-    write_outputs,
-)
-from components.evaluation.report import results_markdown, write_study_report
+from components.evaluation.candidates import EvaluationResults
+from components.evaluation.outputs import headline_metrics, run_metrics, write_outputs
+from components.evaluation.report import results_markdown
+from components.evaluation.study_page import write_study_report
 from components.registry import promotion
 from components.registry.promotion import RegistryOutcome
 from components.training.batches import data_paths, data_version

@@ -17,8 +17,8 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.artifacts import MANIFEST_FILE
-from components.checks import suites
-from components.checks.suites import DataValidationError, ValidationReport
+from components.checks import runner, summaries, tables
+from components.checks.results import DataValidationError, ValidationReport
 from components.config import ValidationConfig, load_config
 
 ARTIFACT_KEY = "data-validation"
@@ -28,13 +28,13 @@ ARTIFACT_KEY = "data-validation"
 @task(cache_policy=NO_CACHE, persist_result=False)
 def load_tables(manifest_path: Path, split_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read the manifest and the split."""
-    return suites.read_tables(manifest_path, split_path)
+    return tables.read_tables(manifest_path, split_path)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def compute_pixel_stats(manifest: pd.DataFrame, root: Path, bone_hu: float) -> pd.DataFrame:
     """Per-slice pixel statistics from the HU arrays."""
-    return suites.pixel_stats(manifest, root, bone_hu)
+    return tables.pixel_stats(manifest, root, bone_hu)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -49,20 +49,20 @@ def run_suites(
     docs_dir: Path,
 ) -> ValidationReport:
     """Validate every suite and write the results page."""
-    return suites.run_validation(manifest, split, pixels, cfg, classes, fractions, mode, docs_dir)
+    return runner.run_validation(manifest, split, pixels, cfg, classes, fractions, mode, docs_dir)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def write_summary(report: ValidationReport, path: Path) -> Path:
     """Write the JSON summary DVC tracks as a metric."""
-    return suites.write_summary(report, path)
+    return summaries.write_summary(report, path)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
 def publish(report: ValidationReport) -> None:
     """Publish the result table as a markdown artifact."""
     create_markdown_artifact(
-        markdown=suites.markdown_table(report),
+        markdown=summaries.markdown_table(report),
         key=ARTIFACT_KEY,
         description="Great Expectations results of the manifest, pixel and split suites",
     )
@@ -100,6 +100,6 @@ def validate(params: str = "params.yaml") -> ValidationReport:
     write_summary(report, cfg.path(cfg.validation.summary_out))
     publish(report)
     if not report.success:
-        raise DataValidationError(suites.failure_message(report))
-    get_run_logger().info(suites.success_line(report))
+        raise DataValidationError(summaries.failure_message(report))
+    get_run_logger().info(summaries.success_line(report))
     return report

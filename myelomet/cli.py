@@ -81,7 +81,8 @@ def _prefect_defaults() -> None:
 
 def _validate(args: argparse.Namespace, cfg: Config) -> int:
     _prefect_defaults()
-    from components.checks.suites import DataValidationError, success_line
+    from components.checks.results import DataValidationError
+    from components.checks.summaries import success_line
     from flows.validate import validate
 
     try:
@@ -159,7 +160,7 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
 
     from mlflow.exceptions import MlflowException
 
-    from components.registry.promotion import load_predictor
+    from components.registry.pyfunc import load_predictor
     from components.registry.relocation import check_not_moved
     from components.tracking import resolve_store
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 from components import tracking
-from components.registry import promotion
+from components.registry import promotion, pyfunc
 from tests.model_factory import BACKBONE, CLASSES, POSITIVE, WINDOWS, tiny_model, write_models_dir
 from tests.tool_env import project_env
 
@@ -39,7 +39,7 @@ def register_tiny_champion(root: Path, experiment: str = "serve-test") -> str:
     )
     models_dir = write_models_dir(root, tiny_model())
     study = tracking.start_study(store, "serve")
-    logged = promotion.log_candidate(
+    logged = pyfunc.log_candidate(
         store,
         study,
         BACKBONE,

@@ -19,7 +19,7 @@ from bench.bench_serving_load import (
     run_load,
     single_answers,
 )
-from components.registry import promotion
+from components.registry import pyfunc
 from tests.dicom_factory import stored_pixels, write_plain
 from tests.serving_server import (
     CHAMPION,
@@ -40,7 +40,7 @@ def served(tmp_path_factory):
     """(URL of the server, the same model loaded in this process)."""
     root = tmp_path_factory.mktemp("serve")
     tracking_uri = register_tiny_champion(root)
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, promotion.MAX_REQUEST_BYTES_ENV: str(REQUEST_LIMIT)}
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, pyfunc.MAX_REQUEST_BYTES_ENV: str(REQUEST_LIMIT)}
     workdir = root / "elsewhere"
     workdir.mkdir()
     with mlflow_model_server(CHAMPION, env, cwd=workdir, log=root / "server.log") as url:

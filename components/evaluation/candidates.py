@@ -6,21 +6,20 @@ split, which is only measured:
 - per candidate, the decision threshold (Youden's J on validation slices for slice
   metrics, on validation patients for patient metrics);
 - the members of the ensemble (top-k backbones by the validation `select_metric`);
-- the selected candidate (best validation `select_metric`, first of `rank_candidates`).
+- the selected candidate (best validation `select_metric`, first of
+  `selection.rank_candidates`).
 
 A candidate is a backbone or `ensemble` (the mean probability of its members per image).
 Patient-level rows are the mean slice probability per patient (`aggregate_patients`).
 Every metric comes with a percentile interval from a patient bootstrap (`metrics`); all
 candidates share the seed, so on the same patients they are scored on the same resamples.
 Validation metrics are measured at the threshold chosen on validation, so they are
-optimistic; only the test metrics estimate performance.
+optimistic; only the test metrics estimate performance. What is written from the results
+(metrics.json, plot data, MLflow metrics) is in `outputs`.
 """
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,22 +27,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.artifacts import (
-    COMPARISONS_FILE,
-    EVALUATION_METRICS_FILE,
-    PREDICTIONS_FILE,
-    probability_column,
-)
+from components.artifacts import PREDICTIONS_FILE, probability_column
 from components.evaluation.metrics import (
     Estimate,
     aggregate_patients,
     bootstrap_metrics,
-    compare_auc,
     reliability_curve,
-    roc_curve,
     youden_threshold,
 )
-from components.metric_names import LEVELS, LOWER_IS_BETTER, parse_metric_name
+from components.evaluation.selection import Comparison, compare_candidates, rank_candidates
+from components.metric_names import LEVELS, parse_metric_name
 
 SPLITS = ("val", "test")
 ENSEMBLE = "ensemble"
@@ -76,16 +69,6 @@ class CandidateResult:
     def rows(self, split: str, level: str) -> pd.DataFrame:
         """The rows scored at a split and level: slices, or one per patient (patient, y, p)."""
         return _level_rows(self.predictions, split, level)
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """Test-set patient-level AUC of `first` minus that of `second` (paired bootstrap)."""
-
-    first: str
-    second: str
-    difference: Estimate
-    p_value: float
 
 
 @dataclass(frozen=True)
@@ -300,83 +283,6 @@ def evaluate_candidate(
     )
 
 
-def _score(estimate: Estimate, metric: str) -> float:
-    """Smaller is better; NaN ranks last."""
-    value = estimate.value if metric in LOWER_IS_BETTER else -estimate.value
-    return value if math.isfinite(value) else math.inf
-
-
-def _rank_key(
-    candidate: CandidateResult, level: str, metric: str
-) -> tuple[float, float, float, str]:
-    val = candidate.metrics["val"]
-    other = next(lvl for lvl in LEVELS if lvl != level)
-    width = val[level][metric].width
-    return (
-        _score(val[level][metric], metric),
-        _score(val[other][metric], metric),
-        width if math.isfinite(width) else math.inf,
-        candidate.name,
-    )
-
-
-def rank_candidates(results: Mapping[str, CandidateResult], select_metric: str) -> list[str]:
-    """Candidate names, best first, by the VALIDATION value of `select_metric`.
-
-    Ties (frequent at patient level, where a handful of patients often gives AUC 1.0) are
-    broken by the same metric at the other level, then by the narrower interval, then by
-    name; NaN values rank last.
-
-    Raises:
-        ValueError: select_metric is not `<level>_<metric>`.
-    """
-    level, metric = parse_metric_name(select_metric)
-    return sorted(results, key=lambda n: _rank_key(results[n], level, metric))
-
-
-def compare_candidates(
-    results: Mapping[str, CandidateResult],
-    order: Sequence[str] | None = None,
-    *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[Comparison, ...]:
-    """Paired patient bootstrap of the test patient-level AUC difference for every pair.
-
-    Args:
-        results: name -> CandidateResult, all on the same test patients.
-        order: names in the order pairs are formed (first minus second); default sorted.
-        n_bootstrap: resamples per comparison.
-        confidence: coverage of the interval of the difference.
-        seed: seed of the patient bootstrap.
-
-    Returns:
-        One Comparison per unordered pair.
-
-    Raises:
-        ValueError: two candidates were tested on different patients.
-    """
-    names = list(order) if order is not None else sorted(results)
-    tables = {n: results[n].rows("test", "patient") for n in names}
-    comparisons = []
-    for first, second in itertools.combinations(names, 2):
-        a, b = tables[first], tables[second]
-        if not a[["patient", "y"]].equals(b[["patient", "y"]]):
-            raise ValueError(f"{first} and {second} were tested on different patients")
-        outcome = compare_auc(
-            a["y"].to_numpy(),
-            a["p"].to_numpy(),
-            b["p"].to_numpy(),
-            a["patient"].to_numpy(),
-            n_bootstrap=n_bootstrap,
-            confidence=confidence,
-            seed=seed,
-        )
-        comparisons.append(Comparison(first, second, outcome.difference, outcome.p_value))
-    return tuple(comparisons)
-
-
 def _classes(classes: Sequence[str], positive_class: str) -> tuple[str, str]:
     if len(classes) != 2 or positive_class not in classes or len(set(classes)) != 2:
         raise ValueError(f"need two classes including {positive_class!r}, got {list(classes)}")
@@ -454,216 +360,3 @@ def evaluate(
         n_bootstrap=n_bootstrap,
         confidence=confidence,
     )
-
-
-def _number(value: float) -> float | None:
-    """A JSON-safe number: NaN and infinities become null, which DVC leaves out."""
-    return round(float(value), 6) if math.isfinite(value) else None
-
-
-def _estimate_json(estimate: Estimate) -> dict[str, float | None]:
-    return {key: _number(value) for key, value in estimate.as_dict().items()}
-
-
-def _candidate_json(candidate: CandidateResult) -> dict:
-    out: dict = {"threshold": {lvl: _number(t) for lvl, t in candidate.thresholds.items()}}
-    for split in SPLITS:
-        out[split] = dict(candidate.counts[split])
-        for level in LEVELS:
-            out[split][level] = {
-                metric: _estimate_json(est)
-                for metric, est in candidate.metrics[split][level].items()
-            }
-    return out
-
-
-def to_metrics_json(results: EvaluationResults) -> dict:
-    """The content of reports/metrics.json, for `dvc metrics show/diff`.
-
-    Nested dicts of numbers and strings, no lists; NaN becomes null (write it with
-    `json.dump(..., allow_nan=False)`). DVC shows strings as values and skips nulls.
-
-    Returns:
-        {"candidates": {name: {"threshold": {level: t}, split: {"n_slices", "n_patients",
-        "n_positive_patients", level: {metric: {"value", "ci_low", "ci_high"}}}}},
-        "selection": {"selected", "metric", "ensemble_members", "value", "ci_low",
-        "ci_high"}, "bootstrap": {"n", "confidence", "unit"}}; the selection's value and
-        interval are the selected candidate's on validation.
-    """
-    level, metric = parse_metric_name(results.select_metric)
-    chosen = results.candidates[results.selected].metrics["val"][level][metric]
-    return {
-        "candidates": {name: _candidate_json(c) for name, c in results.candidates.items()},
-        "selection": {
-            "selected": results.selected,
-            "metric": results.select_metric,
-            "split": "val",
-            "ensemble_members": ",".join(results.ensemble_members),
-            **_estimate_json(chosen),
-        },
-        "bootstrap": {
-            "n": results.n_bootstrap,
-            "confidence": results.confidence,
-            "unit": "patient",
-        },
-    }
-
-
-def comparisons_table(results: EvaluationResults) -> pd.DataFrame:
-    """The pairwise test comparisons as a table.
-
-    Returns:
-        Columns first, second, auc_difference, ci_low, ci_high, p_value (one row per pair).
-    """
-    return pd.DataFrame(
-        [
-            {
-                "first": c.first,
-                "second": c.second,
-                "auc_difference": c.difference.value,
-                "ci_low": c.difference.ci_low,
-                "ci_high": c.difference.ci_high,
-                "p_value": c.p_value,
-            }
-            for c in results.comparisons
-        ],
-        columns=["first", "second", "auc_difference", "ci_low", "ci_high", "p_value"],
-    )
-
-
-def _check_split_level(split: str, level: str) -> None:
-    if split not in SPLITS or level not in LEVELS:
-        raise ValueError(f"split must be one of {SPLITS} and level one of {LEVELS}")
-
-
-def roc_plot_data(
-    results: EvaluationResults, split: str = "test", level: str = "patient"
-) -> pd.DataFrame:
-    """ROC curve points of every candidate, tidy, for `dvc plots`.
-
-    Returns:
-        Columns candidate, fpr, tpr; candidates whose split lacks a class have no rows.
-
-    Raises:
-        ValueError: unknown split or level.
-    """
-    _check_split_level(split, level)
-    parts = []
-    for name, candidate in results.candidates.items():
-        rows = candidate.rows(split, level)
-        fpr, tpr, _ = roc_curve(rows["y"], rows["p"])
-        parts.append(pd.DataFrame({"candidate": name, "fpr": fpr, "tpr": tpr}).dropna())
-    return pd.concat(parts, ignore_index=True)
-
-
-def confusion_plot_data(
-    results: EvaluationResults, split: str = "test", level: str = "patient"
-) -> pd.DataFrame:
-    """Actual and predicted class of every row at the candidate's validation threshold.
-
-    Returns:
-        Columns candidate, actual, predicted (class names), one row per slice or patient.
-
-    Raises:
-        ValueError: unknown split or level.
-    """
-    _check_split_level(split, level)
-    positive, negative = results.classes
-    parts = []
-    for name, candidate in results.candidates.items():
-        rows = candidate.rows(split, level)
-        called = rows["p"].to_numpy() >= candidate.thresholds[level]
-        parts.append(
-            pd.DataFrame(
-                {
-                    "candidate": name,
-                    "actual": np.where(rows["y"].to_numpy() == 1, positive, negative),
-                    "predicted": np.where(called, positive, negative),
-                }
-            )
-        )
-    return pd.concat(parts, ignore_index=True)
-
-
-def calibration_plot_data(
-    results: EvaluationResults, split: str = "test", level: str = "slice"
-) -> pd.DataFrame:
-    """Reliability curve points of every candidate, tidy, for `dvc plots`.
-
-    Returns:
-        Columns candidate, bin, p_mean, observed, count.
-
-    Raises:
-        ValueError: unknown split or level.
-    """
-    _check_split_level(split, level)
-    parts = [
-        c.reliability[split][level].assign(candidate=name) for name, c in results.candidates.items()
-    ]
-    frame = pd.concat(parts, ignore_index=True)
-    return frame[["candidate", "bin", "p_mean", "observed", "count"]]
-
-
-def write_outputs(results: EvaluationResults, reports_dir: str | Path) -> dict[str, Path]:
-    """Write what DVC tracks: metrics.json, comparisons.csv and the plot data.
-
-    The plot data (test set, patient level; calibration at slice level) go one file per
-    candidate under plots/roc/, plots/confusion/ and plots/calibration/, so `dvc plots show`
-    draws one series per candidate.
-
-    Args:
-        results: the evaluation.
-        reports_dir: the reports folder (params evaluation.reports_out).
-
-    Returns:
-        name -> path written: metrics, comparisons, and the three plot folders.
-    """
-    out = Path(reports_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"metrics": out / EVALUATION_METRICS_FILE, "comparisons": out / COMPARISONS_FILE}
-    paths["metrics"].write_text(json.dumps(to_metrics_json(results), indent=2, allow_nan=False))
-    comparisons_table(results).to_csv(paths["comparisons"], index=False)
-    plot_data = {
-        "roc": roc_plot_data(results, "test", "patient"),
-        "confusion": confusion_plot_data(results, "test", "patient"),
-        "calibration": calibration_plot_data(results, "test"),
-    }
-    for kind, frame in plot_data.items():
-        folder = out / "plots" / kind
-        if folder.exists():
-            for stale in folder.glob("*.csv"):
-                stale.unlink()
-        folder.mkdir(parents=True, exist_ok=True)
-        for candidate, rows in frame.groupby("candidate", sort=False):
-            rows.drop(columns="candidate").to_csv(folder / f"{candidate}.csv", index=False)
-        paths[kind] = folder
-    return paths
-
-
-def run_metrics(candidate: CandidateResult) -> dict[str, float]:
-    """A candidate's validation and test metrics for its MLflow run, under the same names
-    for every candidate (`test_patient_auc`, `test_patient_auc_ci_low`, ...) so that the
-    Compare view and `search_runs(order_by=...)` rank candidates; finite values only."""
-    out = {}
-    for split in SPLITS:
-        for level, metrics in candidate.metrics[split].items():
-            for metric, estimate in metrics.items():
-                name = f"{split}_{level}_{metric}"
-                for suffix, value in (
-                    ("", estimate.value),
-                    ("_ci_low", estimate.ci_low),
-                    ("_ci_high", estimate.ci_high),
-                ):
-                    if math.isfinite(value):
-                        out[name + suffix] = float(value)
-    return out
-
-
-def headline_metrics(results: EvaluationResults) -> dict[str, float]:
-    """Test-set point values of every candidate, flat, for the study's MLflow run."""
-    return {
-        f"test_{level}_{metric}.{name}": float(estimate.value)
-        for name, candidate in results.candidates.items()
-        for level, metrics in candidate.metrics["test"].items()
-        for metric, estimate in metrics.items()
-    }

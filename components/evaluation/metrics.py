@@ -15,22 +15,33 @@ Conventions, everywhere in this module:
 
 Every statistic is computed from per-patient sums weighted by how often each patient is
 drawn, so one matrix product evaluates all resamples at once; the point estimate is the
-same computation with every weight 1.
+same computation with every weight 1 (the arithmetic is in `weighted_stats`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from components.evaluation.weighted_stats import (
+    Patients,
+    all_stats,
+    auc,
+    bin_index,
+    binary_labels,
+    calibration_stats,
+    confusion,
+    group_by_patient,
+    per_patient,
+    probabilities,
+    ratio,
+    singletons,
+    threshold_stats,
+)
 from components.metric_names import ALL_METRICS, THRESHOLD_METRICS
-
-# Resamples x rows processed at once by the AUC, to bound memory on large test sets.
-_AUC_CHUNK_ELEMENTS = 4_000_000
 
 ArrayLike = npt.ArrayLike
 
@@ -64,174 +75,10 @@ class AucComparison:
     p_value: float
 
 
-@dataclass(frozen=True)
-class _Patients:
-    """Rows mapped to patients: `codes[i]` is the patient index of row i."""
-
-    ids: np.ndarray
-    codes: np.ndarray
-    labels: np.ndarray
-
-    @property
-    def n(self) -> int:
-        return len(self.ids)
-
-
-def _binary_labels(y: ArrayLike) -> np.ndarray:
-    arr = np.asarray(y)
-    if arr.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {arr.shape}")
-    if arr.dtype == bool:
-        return arr.astype(np.float64)
-    values = set(np.unique(arr).tolist())
-    if not values <= {0, 1}:
-        raise ValueError(f"labels must be 0/1 (1 = positive class), got values {sorted(values)}")
-    return arr.astype(np.float64)
-
-
-def _probabilities(p: ArrayLike, n: int) -> np.ndarray:
-    arr = np.asarray(p, dtype=np.float64)
-    if arr.shape != (n,):
-        raise ValueError(f"probabilities have shape {arr.shape}, labels ({n},); pass one per row")
-    if not np.all(np.isfinite(arr)) or np.any((arr < 0) | (arr > 1)):
-        raise ValueError("probabilities must be finite and within [0, 1]; pass p, not logits")
-    return arr
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    num, den = np.broadcast_arrays(np.asarray(num, float), np.asarray(den, float))
-    out = np.full(num.shape, np.nan)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
-
-
-def _patients(y: np.ndarray, patients: ArrayLike) -> _Patients:
-    arr = np.asarray(patients)
-    if arr.shape != y.shape:
-        raise ValueError(f"patients have shape {arr.shape}, labels {y.shape}; pass one per row")
-    ids, codes = np.unique(arr, return_inverse=True)
-    positives = np.bincount(codes, weights=y, minlength=len(ids))
-    rows = np.bincount(codes, minlength=len(ids))
-    mixed = (positives > 0) & (positives < rows)
-    if mixed.any():
-        raise ValueError(
-            f"patients {ids[mixed][:5].tolist()} have rows of both classes; "
-            "every patient must carry one label"
-        )
-    return _Patients(ids=ids, codes=codes, labels=(positives > 0).astype(np.int64))
-
-
-def _singletons(n: int) -> _Patients:
-    """Every row its own patient (labels unused): unweighted, row-level statistics."""
-    idx = np.arange(n)
-    return _Patients(ids=idx, codes=idx, labels=np.zeros(n, dtype=np.int64))
-
-
-def _per_patient(values: np.ndarray, pts: _Patients) -> np.ndarray:
-    return np.bincount(pts.codes, weights=values, minlength=pts.n)
-
-
-def _confusion(
-    y: np.ndarray, p: np.ndarray, threshold: float, pts: _Patients, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    pred = (p >= threshold).astype(np.float64)
-    cells = np.stack(
-        [
-            _per_patient(y * pred, pts),
-            _per_patient((1 - y) * pred, pts),
-            _per_patient((1 - y) * (1 - pred), pts),
-            _per_patient(y * (1 - pred), pts),
-        ],
-        axis=1,
-    )
-    tp, fp, tn, fn = (weights @ cells).T
-    return tp, fp, tn, fn
-
-
-def _threshold_stats(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    n = tp + fp + tn + fn
-    accuracy = _ratio(tp + tn, n)
-    expected = _ratio((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp), n * n)
-    return np.stack(
-        [
-            _ratio(tp, tp + fn),
-            _ratio(tn, tn + fp),
-            _ratio(tp, tp + fp),
-            _ratio(tn, tn + fn),
-            accuracy,
-            _ratio(2 * tp, 2 * tp + fp + fn),
-            _ratio(accuracy - expected, 1 - expected),
-        ],
-        axis=1,
-    )
-
-
-def _chunks(n_rows: int, n_cols: int) -> Iterator[slice]:
-    step = max(1, _AUC_CHUNK_ELEMENTS // max(n_cols, 1))
-    for start in range(0, n_rows, step):
-        yield slice(start, start + step)
-
-
-def _auc(y: np.ndarray, p: np.ndarray, pts: _Patients, weights: np.ndarray) -> np.ndarray:
-    """Weighted Mann-Whitney AUC (ties count one half), one value per row of weights."""
-    out = np.full(len(weights), np.nan)
-    if len(y) == 0:
-        return out
-    order = np.argsort(p, kind="stable")
-    y_sorted, codes_sorted = y[order], pts.codes[order]
-    starts = np.flatnonzero(np.r_[True, np.diff(p[order]) != 0])
-    for rows in _chunks(len(weights), len(y)):
-        w = weights[rows][:, codes_sorted]
-        pos = np.add.reduceat(w * y_sorted, starts, axis=1)
-        neg = np.add.reduceat(w, starts, axis=1) - pos
-        neg_below = np.cumsum(neg, axis=1) - neg
-        num = np.sum(pos * (neg_below + 0.5 * neg), axis=1)
-        out[rows] = _ratio(num, pos.sum(axis=1) * neg.sum(axis=1))
-    return out
-
-
-def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
-    # Same edges and side as sklearn.calibration.calibration_curve(strategy="uniform").
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return np.searchsorted(edges[1:-1], p)
-
-
-def _calibration_stats(
-    y: np.ndarray, p: np.ndarray, pts: _Patients, weights: np.ndarray, n_bins: int
-) -> np.ndarray:
-    rows = weights @ np.bincount(pts.codes, minlength=pts.n).astype(np.float64)
-    brier = _ratio(weights @ _per_patient((p - y) ** 2, pts), rows)
-    cell = pts.codes * n_bins + _bin_index(p, n_bins)
-    size = pts.n * n_bins
-    sum_p = np.bincount(cell, weights=p, minlength=size).reshape(pts.n, n_bins)
-    sum_y = np.bincount(cell, weights=y, minlength=size).reshape(pts.n, n_bins)
-    # ECE = sum over bins of (n_b / n) |mean p_b - mean y_b| = sum |sum p_b - sum y_b| / n
-    ece = _ratio(np.abs(weights @ sum_p - weights @ sum_y).sum(axis=1), rows)
-    return np.stack([brier, ece], axis=1)
-
-
-def _all_stats(
-    y: np.ndarray,
-    p: np.ndarray,
-    threshold: float,
-    pts: _Patients,
-    weights: np.ndarray,
-    n_bins: int,
-) -> np.ndarray:
-    """Every metric of ALL_METRICS (columns) for each row of patient weights."""
-    return np.column_stack(
-        [
-            _threshold_stats(*_confusion(y, p, threshold, pts, weights)),
-            _auc(y, p, pts, weights),
-            _calibration_stats(y, p, pts, weights, n_bins),
-        ]
-    )
-
-
-def _row_level(y: ArrayLike, p: ArrayLike) -> tuple[np.ndarray, np.ndarray, _Patients, np.ndarray]:
-    y_arr = _binary_labels(y)
-    p_arr = _probabilities(p, len(y_arr))
-    return y_arr, p_arr, _singletons(len(y_arr)), np.ones((1, len(y_arr)))
+def _row_level(y: ArrayLike, p: ArrayLike) -> tuple[np.ndarray, np.ndarray, Patients, np.ndarray]:
+    y_arr = binary_labels(y)
+    p_arr = probabilities(p, len(y_arr))
+    return y_arr, p_arr, singletons(len(y_arr)), np.ones((1, len(y_arr)))
 
 
 def threshold_metrics(y: ArrayLike, p: ArrayLike, threshold: float) -> dict[str, float]:
@@ -249,7 +96,7 @@ def threshold_metrics(y: ArrayLike, p: ArrayLike, threshold: float) -> dict[str,
         ValueError: labels are not 0/1 or probabilities are not within [0, 1].
     """
     y_arr, p_arr, pts, weights = _row_level(y, p)
-    stats = _threshold_stats(*_confusion(y_arr, p_arr, threshold, pts, weights))[0]
+    stats = threshold_stats(*confusion(y_arr, p_arr, threshold, pts, weights))[0]
     return dict(zip(THRESHOLD_METRICS, stats.tolist(), strict=True))
 
 
@@ -260,7 +107,7 @@ def roc_auc(y: ArrayLike, p: ArrayLike) -> float:
         ValueError: labels are not 0/1 or probabilities are not within [0, 1].
     """
     y_arr, p_arr, pts, weights = _row_level(y, p)
-    return float(_auc(y_arr, p_arr, pts, weights)[0])
+    return float(auc(y_arr, p_arr, pts, weights)[0])
 
 
 def brier_score(y: ArrayLike, p: ArrayLike) -> float:
@@ -270,7 +117,7 @@ def brier_score(y: ArrayLike, p: ArrayLike) -> float:
         ValueError: labels are not 0/1 or probabilities are not within [0, 1].
     """
     y_arr, p_arr, pts, weights = _row_level(y, p)
-    return float(_calibration_stats(y_arr, p_arr, pts, weights, n_bins=2)[0, 0])
+    return float(calibration_stats(y_arr, p_arr, pts, weights, n_bins=2)[0, 0])
 
 
 def expected_calibration_error(y: ArrayLike, p: ArrayLike, n_bins: int = 10) -> float:
@@ -290,7 +137,7 @@ def expected_calibration_error(y: ArrayLike, p: ArrayLike, n_bins: int = 10) -> 
         ValueError: labels are not 0/1 or probabilities are not within [0, 1].
     """
     y_arr, p_arr, pts, weights = _row_level(y, p)
-    return float(_calibration_stats(y_arr, p_arr, pts, weights, n_bins)[0, 1])
+    return float(calibration_stats(y_arr, p_arr, pts, weights, n_bins)[0, 1])
 
 
 def reliability_curve(y: ArrayLike, p: ArrayLike, n_bins: int = 10) -> pd.DataFrame:
@@ -308,9 +155,9 @@ def reliability_curve(y: ArrayLike, p: ArrayLike, n_bins: int = 10) -> pd.DataFr
     Raises:
         ValueError: labels are not 0/1 or probabilities are not within [0, 1].
     """
-    y_arr = _binary_labels(y)
-    p_arr = _probabilities(p, len(y_arr))
-    bins = _bin_index(p_arr, n_bins)
+    y_arr = binary_labels(y)
+    p_arr = probabilities(p, len(y_arr))
+    bins = bin_index(p_arr, n_bins)
     count = np.bincount(bins, minlength=n_bins)
     keep = np.flatnonzero(count)
     return pd.DataFrame(
@@ -333,8 +180,8 @@ def roc_curve(y: ArrayLike, p: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.nd
     Raises:
         ValueError: labels are not 0/1 or probabilities are not within [0, 1].
     """
-    y_arr = _binary_labels(y)
-    p_arr = _probabilities(p, len(y_arr))
+    y_arr = binary_labels(y)
+    p_arr = probabilities(p, len(y_arr))
     order = np.argsort(-p_arr, kind="stable")
     p_sorted, y_sorted = p_arr[order], y_arr[order]
     # Index of the last row of each run of equal probabilities (the slice guards no rows).
@@ -342,7 +189,7 @@ def roc_curve(y: ArrayLike, p: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.nd
     tps = np.r_[0.0, np.cumsum(y_sorted)[last]]
     fps = np.r_[0.0, last + 1 - tps[1:]]
     thresholds = np.r_[np.inf, p_sorted[last]]
-    return _ratio(fps, fps[-1]), _ratio(tps, tps[-1]), thresholds
+    return ratio(fps, fps[-1]), ratio(tps, tps[-1]), thresholds
 
 
 def youden_threshold(y: ArrayLike, p: ArrayLike, fallback: float = 0.5) -> float:
@@ -389,15 +236,15 @@ def aggregate_patients(patients: ArrayLike, y: ArrayLike, p: ArrayLike) -> pd.Da
         ValueError: a patient has slices of both classes, or labels or probabilities are
             invalid.
     """
-    y_arr = _binary_labels(y)
-    p_arr = _probabilities(p, len(y_arr))
-    pts = _patients(y_arr, patients)
+    y_arr = binary_labels(y)
+    p_arr = probabilities(p, len(y_arr))
+    pts = group_by_patient(y_arr, patients)
     n_slices = np.bincount(pts.codes, minlength=pts.n)
     return pd.DataFrame(
         {
             "patient": pts.ids,
             "y": pts.labels,
-            "p": _ratio(_per_patient(p_arr, pts), n_slices),
+            "p": ratio(per_patient(p_arr, pts), n_slices),
             "n_slices": n_slices,
         }
     )
@@ -461,13 +308,13 @@ def resampled_metrics(
         ValueError: invalid labels or probabilities, a patient with both classes, or
             counts whose width is not the number of patients.
     """
-    y_arr = _binary_labels(y)
-    p_arr = _probabilities(p, len(y_arr))
-    pts = _patients(y_arr, patients)
+    y_arr = binary_labels(y)
+    p_arr = probabilities(p, len(y_arr))
+    pts = group_by_patient(y_arr, patients)
     weights = np.atleast_2d(np.asarray(counts, dtype=np.float64))
     if weights.shape[1] != pts.n:
         raise ValueError(f"counts have {weights.shape[1]} columns for {pts.n} patients")
-    stats = _all_stats(y_arr, p_arr, threshold, pts, weights, n_bins)
+    stats = all_stats(y_arr, p_arr, threshold, pts, weights, n_bins)
     return pd.DataFrame(stats, columns=list(ALL_METRICS))
 
 
@@ -523,12 +370,12 @@ def bootstrap_metrics(
         ValueError: invalid labels or probabilities, a patient with both classes, or an
             invalid n_bootstrap or confidence.
     """
-    y_arr = _binary_labels(y)
-    p_arr = _probabilities(p, len(y_arr))
-    pts = _patients(y_arr, patients)
+    y_arr = binary_labels(y)
+    p_arr = probabilities(p, len(y_arr))
+    pts = group_by_patient(y_arr, patients)
     counts = resample_patients(pts.labels, n_bootstrap, seed, stratify)
-    point = _all_stats(y_arr, p_arr, threshold, pts, np.ones((1, pts.n)), n_bins)[0]
-    samples = _all_stats(y_arr, p_arr, threshold, pts, counts, n_bins)
+    point = all_stats(y_arr, p_arr, threshold, pts, np.ones((1, pts.n)), n_bins)[0]
+    samples = all_stats(y_arr, p_arr, threshold, pts, counts, n_bins)
     return {
         name: Estimate(float(point[i]), *percentile_interval(samples[:, i], confidence))
         for i, name in enumerate(ALL_METRICS)
@@ -571,14 +418,14 @@ def compare_auc(
     Raises:
         ValueError: invalid labels or probabilities, or a patient with both classes.
     """
-    y_arr = _binary_labels(y)
-    p_a = _probabilities(p_first, len(y_arr))
-    p_b = _probabilities(p_second, len(y_arr))
-    pts = _patients(y_arr, patients)
+    y_arr = binary_labels(y)
+    p_a = probabilities(p_first, len(y_arr))
+    p_b = probabilities(p_second, len(y_arr))
+    pts = group_by_patient(y_arr, patients)
     counts = resample_patients(pts.labels, n_bootstrap, seed, stratify)
     ones = np.ones((1, pts.n))
-    point = float(_auc(y_arr, p_a, pts, ones)[0] - _auc(y_arr, p_b, pts, ones)[0])
-    diffs = _auc(y_arr, p_a, pts, counts) - _auc(y_arr, p_b, pts, counts)
+    point = float(auc(y_arr, p_a, pts, ones)[0] - auc(y_arr, p_b, pts, ones)[0])
+    diffs = auc(y_arr, p_a, pts, counts) - auc(y_arr, p_b, pts, counts)
     diffs = diffs[np.isfinite(diffs)]
     low, high = percentile_interval(diffs, confidence)
     if diffs.size == 0:

@@ -18,13 +18,13 @@ from components.artifacts import (
 )
 from components.config import Config
 from components.evaluation.candidates import ENSEMBLE, EvaluationResults, evaluate, load_predictions
+from components.evaluation.figures import save_png
 from components.evaluation.report import (
     DataSummary,
     LeakageComparison,
     StudyInputs,
     load_histories,
     load_weights_info,
-    save_png,
 )
 from components.registry.promotion import RegistryOutcome
 

@@ -1,18 +1,10 @@
-"""The MLflow model registry side: the served model, registration and the promotion gate.
-
-The registered model is a pyfunc (`MyelometModel`) that takes DICOM files, not tensors: a
-DataFrame with a binary column `dicom` (the file's bytes; base64 strings in the scoring
-server's JSON) or a string column `path`, and an optional `name` per row. It returns one row
-per slice: file, frame, p_<positive>, label, threshold, error. Inside it is a
-`serving.Predictor` built from the members' `model.keras` files and a JSON `ServingSpec`,
-both logged as artifacts; the `components` package travels with it (`code_paths`), so
-`mlflow models serve` works from any folder.
+"""Registration and the promotion gate: the selected candidate becomes a model version.
 
 Promotion uses aliases only: a new version becomes `champion` when there is none, or when it
 beats the champion on the same test set (recorded values when both were tested on the same
 data version, else the champion re-scored on the current test set), by more than zero and at
 least `min_improvement`; otherwise it becomes `challenger`. The comparison is written as
-`promotion.*` tags on the new version.
+`promotion.*` tags on the new version. The registered model itself is `pyfunc.MyelometModel`.
 """
 
 from __future__ import annotations
@@ -20,16 +12,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
 import math
-import os
-import pickle
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 import mlflow
 import numpy as np
@@ -37,74 +23,40 @@ import numpy.typing as npt
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import ModelSignature
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, Schema
 
-from components.artifacts import MANIFEST_FILE, METRICS_FILE, MODEL_FILE
-from components.config import Config, Window
-from components.evaluation.candidates import EvaluationResults, run_metrics
+from components.artifacts import MANIFEST_FILE
+from components.config import Config
+from components.evaluation.candidates import EvaluationResults
 from components.evaluation.metrics import aggregate_patients, resampled_metrics
+from components.evaluation.outputs import run_metrics
 from components.metric_names import (
     LOWER_IS_BETTER,
     THRESHOLD_METRICS,
     parse_metric_name,
 )
 from components.registry.model_card import CARD_FILE, model_card
-from components.registry.serving import MemberSpec, Predictor, ServingSpec
+from components.registry.pyfunc import (
+    CANDIDATE_TAG,
+    DATA_VERSION_TAG,
+    load_predictor,
+    log_candidate,
+)
 from components.tracking import (
     Store,
-    candidate_run,
     connect,
-    git_commit,
     log_run_metrics,
     resolve_store,
     store_folder,
 )
-from components.training.backbones import ModelFileError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-MODEL_ARTIFACT = "model"
-SPEC_ARTIFACT = "serving_spec"
-SPEC_FILE = "serving_spec.json"
-
-CANDIDATE_TAG = "candidate"
-BACKBONES_TAG = "backbones"
-DATA_VERSION_TAG = "data_version"
-GIT_COMMIT_TAG = "git_commit"
-WEIGHTS_TAG = "weights"
-BACKEND_TAG = "keras_backend"
 TEST_TAG_PREFIX = "test."
 PROMOTION_PREFIX = "promotion."
-
-INPUT_COLUMNS = ("dicom", "path", "name")
-# The scoring server holds the whole request in memory; a reverse proxy in front should cap
-# the body too (nginx client_max_body_size), this only stops the decoding of what got in.
-MAX_REQUEST_BYTES = 256 * 1024 * 1024
-MAX_REQUEST_BYTES_ENV = "MYELOMET_MAX_REQUEST_BYTES"
-# The scoring server refuses `path` rows unless this is "1": a client must not make the
-# server read files from its own disk.
-ALLOW_PATHS_ENV = "MYELOMET_SERVE_ALLOW_PATHS"
 # Next to a local tracking database: held while a version is registered and promoted.
 PROMOTION_LOCK = ".promotion.lock"
-# Set to "true" by MLflow's scoring server (and `mlflow models predict`) before it serves.
-_SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
-
-_PINNED = (
-    "mlflow",
-    "numpy",
-    "pandas",
-    "pillow",
-    "pydantic",
-    "pyyaml",
-    "pydicom",
-    "pylibjpeg",
-    "pylibjpeg-libjpeg",
-    "pylibjpeg-openjpeg",
-    "pylibjpeg-rle",
-)
 
 
 @dataclass(frozen=True)
@@ -132,285 +84,6 @@ class RegistryOutcome:
     previous_version: str | None = None
     previous_value: float | None = None
     reason: str = ""
-
-
-def _output_columns(probability_key: str, per: str = "slice") -> tuple[str, ...]:
-    if per == "series":
-        return ("series", probability_key, "label", "threshold", "n_slices", "n_rejected", "error")
-    return ("file", "frame", probability_key, "label", "threshold", "error")
-
-
-def _per(frame: pd.DataFrame) -> str:
-    """The `per` column's one value (`slice` by default, or `series`)."""
-    values = {str(v) for v in frame["per"] if _present(v)} if "per" in frame.columns else set()
-    if not values <= {"slice", "series"} or len(values) > 1:
-        raise MlflowException.invalid_parameter_value(
-            f"per is {sorted(values)}: give one value for all rows, 'slice' (default) or 'series'"
-        )
-    return values.pop() if values else "slice"
-
-
-class MyelometModel(mlflow.pyfunc.PythonModel):
-    """The registered pyfunc: DICOM files in, one row per slice out."""
-
-    def __init__(self) -> None:
-        self.predictor: Predictor | None = None
-        self.max_request_bytes = MAX_REQUEST_BYTES
-
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Load the members' keras models and the serving spec, and trace inference once.
-
-        Raises:
-            ValueError: the spec is unreadable, does not fit the models, or
-                MYELOMET_MAX_REQUEST_BYTES is not a positive integer.
-        """
-        spec = ServingSpec.from_json(Path(context.artifacts[SPEC_ARTIFACT]).read_text())
-        files = [Path(context.artifacts[_model_key(m.backbone)]) for m in spec.members]
-        self.predictor = Predictor.load(spec, files)
-        limit = os.environ.get(MAX_REQUEST_BYTES_ENV, str(MAX_REQUEST_BYTES))
-        if not limit.isdigit() or int(limit) == 0:
-            raise ValueError(f"{MAX_REQUEST_BYTES_ENV}={limit!r}: expected a positive integer")
-        self.max_request_bytes = int(limit)
-
-    def predict(
-        self,
-        context: mlflow.pyfunc.PythonModelContext,
-        model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,
-    ) -> pd.DataFrame:
-        """Predict every slice of the files of the input rows.
-
-        Args:
-            context: unused; the artifacts were read by load_context.
-            model_input: a `dicom` (bytes) and/or `path` column, optional `name`, optional
-                `per` (`slice`, the default, or `series` in every row).
-            params: unused.
-
-        Returns:
-            Per slice: columns file, frame, p_<positive>, label, threshold, error; one row
-            per slice (frame set for multi-frame files) or per unusable file (error set).
-            Per series: series, p_<positive>, label, threshold, n_slices, n_rejected, error
-            (see `Predictor.predict_series`).
-
-        Raises:
-            MlflowException: (HTTP 400 when served) no dicom or path column, a row without
-                either, text in `dicom`, paths sent to the scoring server, or more DICOM
-                bytes than MYELOMET_MAX_REQUEST_BYTES.
-        """
-        if self.predictor is None:
-            raise RuntimeError("the model is not loaded; load it with mlflow.pyfunc.load_model")
-        sources, names = self._sources(model_input)
-        per = _per(model_input)
-        if per == "series":
-            rows = self.predictor.predict_series(sources, names)
-        else:
-            rows = self.predictor.predict_sources(sources, names)
-        columns = _output_columns(self.predictor.spec.probability_key, per)
-        return pd.DataFrame(
-            [[row.get(c) for c in columns] for row in rows], columns=list(columns), dtype=object
-        )
-
-    def _sources(self, frame: pd.DataFrame) -> tuple[list[bytes | str], list[str]]:
-        if not isinstance(frame, pd.DataFrame) or not {"dicom", "path"} & set(frame.columns):
-            raise MlflowException.invalid_parameter_value(
-                'send a "dicom" column (each file\'s bytes, base64-encoded in JSON) or a "path" '
-                'column, e.g. {"dataframe_split": {"columns": ["dicom"], "data": [["<base64>"]]}}'
-            )
-        served = os.environ.get(_SERVING_ENV, "").lower() in ("true", "1")
-        paths_allowed = not served or os.environ.get(ALLOW_PATHS_ENV) == "1"
-        sources: list[bytes | str] = []
-        names: list[str] = []
-        total = 0
-        for i, row in enumerate(frame.itertuples(index=False)):
-            data = getattr(row, "dicom", None)
-            path = getattr(row, "path", None)
-            name = getattr(row, "name", None)
-            if _present(data):
-                if not isinstance(data, bytes | bytearray | memoryview):
-                    raise MlflowException.invalid_parameter_value(
-                        f"row {i}: dicom holds {type(data).__name__}, not bytes; send the file's "
-                        "bytes (base64-encoded in JSON)"
-                    )
-                total += len(data)
-                sources.append(bytes(data))
-                names.append(str(name) if _present(name) else f"dicom[{i}]")
-            elif _present(path):
-                if not paths_allowed:
-                    raise MlflowException.invalid_parameter_value(
-                        "the model server does not read files from its own disk; send each "
-                        f"file's bytes in the dicom column (or start it with {ALLOW_PATHS_ENV}=1 "
-                        "on a trusted host)"
-                    )
-                sources.append(str(path))
-                names.append(str(name) if _present(name) else str(path))
-            else:
-                raise MlflowException.invalid_parameter_value(f"row {i} has neither dicom nor path")
-        if total > self.max_request_bytes:
-            raise MlflowException.invalid_parameter_value(
-                f"the request carries {total} bytes of DICOM, over the limit of "
-                f"{self.max_request_bytes} ({MAX_REQUEST_BYTES_ENV}); send fewer files per request"
-            )
-        return sources, names
-
-
-def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
-def _model_key(backbone: str) -> str:
-    return f"keras_{backbone}"
-
-
-def signature(probability_key: str) -> ModelSignature:
-    """The pyfunc's signature: optional dicom (binary), path, name and per in; the columns of
-    a per-slice or a per-series answer out."""
-    inputs = Schema(
-        [
-            ColSpec("binary", "dicom", required=False),
-            ColSpec("string", "path", required=False),
-            ColSpec("string", "name", required=False),
-            ColSpec("string", "per", required=False),
-        ]
-    )
-    types = {"frame": "long", "threshold": "double", "n_slices": "long", "n_rejected": "long"}
-    columns = dict.fromkeys(
-        (*_output_columns(probability_key), *_output_columns(probability_key, "series"))
-    )
-    outputs = Schema(
-        [
-            ColSpec(types.get(c, "double" if c == probability_key else "string"), c, required=False)
-            for c in columns
-        ]
-    )
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def pip_requirements() -> list[str]:
-    """The served model's requirements, pinned to the versions installed here: the active
-    Keras backend's framework and Keras, then the rest."""
-    from components.training.runtime import framework_requirements
-
-    pins = framework_requirements()
-    for dist in _PINNED:
-        try:
-            pins.append(f"{dist}=={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            continue  # an optional decoder plugin that is not installed here
-    return pins
-
-
-@dataclass(frozen=True)
-class LoggedCandidate:
-    """A candidate logged as a pyfunc, ready for `register_and_promote`.
-
-    Attributes:
-        model_uri: the logged model's URI (models:/m-...).
-        run_id: the candidate's run, a child of the study run.
-        tags: candidate, backbones, data_version, weights, git_commit and thresholds, for the
-            model version.
-    """
-
-    model_uri: str
-    run_id: str
-    tags: dict[str, str]
-
-
-def _member_metrics(models_dir: Path, backbone: str) -> dict[str, Any]:
-    folder = models_dir / backbone
-    for name in (MODEL_FILE, METRICS_FILE):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(
-                f"{folder / name}: not found; run `myelomet train` for {backbone}"
-            )
-    return json.loads((folder / METRICS_FILE).read_text())
-
-
-def log_candidate(
-    store: Store,
-    parent_run_id: str,
-    candidate: str,
-    members: Sequence[str],
-    models_dir: Path,
-    windows: Sequence[Window],
-    classes: Sequence[str],
-    positive_class: str,
-    thresholds: Mapping[str, float],
-    root: Path | None = None,
-    crop: float = 1.0,
-) -> LoggedCandidate:
-    """Log a candidate as the pyfunc in its run of the study (`tracking.candidate_run`).
-
-    The models are loaded and traced once here, with the code `load_context` runs, so a
-    candidate that cannot be served fails before it is registered.
-
-    Args:
-        store: the MLflow store.
-        parent_run_id: the study's run; the registration run is its child.
-        candidate: the evaluated candidate (a backbone or `ensemble`).
-        members: its backbones (EvaluationResults.candidates[name].members).
-        models_dir: the training output folder, `<models_dir>/<backbone>/model.keras`.
-        windows: the channel windows (InputConfig.channel_windows()).
-        classes: params `classes`, the order of the softmax outputs.
-        positive_class: params `positive_class`.
-        thresholds: level -> threshold chosen on validation (CandidateResult.thresholds).
-        root: project root, for the git commit tag.
-        crop: the centre crop of the inputs (InputConfig.crop).
-
-    Returns:
-        The logged model's URI, the candidate's run and the tags for its model version.
-
-    Raises:
-        FileNotFoundError: a member has no model.keras or metrics.json.
-        ValueError: the members were trained on different data, or the models do not fit
-            the spec.
-    """
-    models_dir = Path(models_dir)
-    info = {b: _member_metrics(models_dir, b) for b in members}
-    versions = {m["data_version"] for m in info.values()}
-    if len(versions) != 1:
-        raise ValueError(
-            f"members {list(members)} were trained on different data versions {sorted(versions)}; "
-            "retrain them on the same split"
-        )
-    spec = ServingSpec(
-        candidate=candidate,
-        members=tuple(
-            MemberSpec(b, int(info[b]["image_size"]), tuple(windows), crop) for b in members
-        ),
-        classes=tuple(classes),
-        positive_class=positive_class,
-        thresholds={k: float(v) for k, v in thresholds.items()},
-        keras_backend=",".join(sorted({str(info[b].get("keras_backend", "")) for b in members})),
-    )
-    model_files = {b: models_dir / b / MODEL_FILE for b in members}
-    Predictor.load(spec, list(model_files.values()))
-    tags = {
-        CANDIDATE_TAG: candidate,
-        BACKBONES_TAG: ",".join(members),
-        DATA_VERSION_TAG: versions.pop(),
-        WEIGHTS_TAG: ",".join(str(info[b].get("weights")) for b in members),
-        GIT_COMMIT_TAG: (git_commit(root) if root is not None else None) or "none",
-        BACKEND_TAG: spec.keras_backend,
-        **{f"threshold.{k}": f"{v:.6g}" for k, v in spec.thresholds.items()},
-    }
-    connect(store)
-    run_id = candidate_run(store, parent_run_id, candidate, members)
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id) as run:
-        mlflow.set_tags(tags)
-        spec_file = Path(tmp) / SPEC_FILE
-        spec_file.write_text(spec.to_json())
-        logged = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=MyelometModel(),
-            artifacts={
-                SPEC_ARTIFACT: str(spec_file),
-                **{_model_key(b): str(f) for b, f in model_files.items()},
-            },
-            code_paths=[str(Path(__file__).resolve().parents[1])],
-            signature=signature(spec.probability_key),
-            pip_requirements=pip_requirements(),
-        )
-    return LoggedCandidate(logged.model_uri, run.info.run_id, tags)
 
 
 @contextlib.contextmanager
@@ -583,31 +256,6 @@ def register_and_promote(
         previous_value=decision.champion_value,
         reason=decision.reason,
     )
-
-
-def load_predictor(model_uri: str, tracking_uri: str | None = None) -> Predictor:
-    """The Predictor inside a registered or logged pyfunc (e.g. models:/myelomet@champion),
-    looked up in `tracking_uri` (MLflow's current store when None).
-
-    Raises:
-        MlflowException: no model at the URI.
-        ModelFileError: a file of the logged model is damaged (python_model.pkl, model.keras).
-        TypeError: the model is not a myelomet pyfunc.
-    """
-    if tracking_uri is not None:
-        mlflow.set_tracking_uri(tracking_uri)
-    try:
-        model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-        raise ModelFileError(
-            f"python_model.pkl of {model_uri} cannot be unpickled ({type(exc).__name__}: {exc}); "
-            "the logged model is damaged or was saved by another version of myelomet: "
-            "download it again or register a new one with `myelomet evaluate`"
-        ) from exc
-    predictor = getattr(model, "predictor", None)
-    if not isinstance(predictor, Predictor):
-        raise TypeError(f"{model_uri} is not a myelomet model (no serving Predictor inside)")
-    return predictor
 
 
 def rescorer(

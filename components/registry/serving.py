@@ -26,8 +26,9 @@ import numpy as np
 from components.artifacts import probability_column
 from components.config import Window
 from components.data.dataset import model_input
-from components.data.dicom import MAX_FRAME_PIXELS, DicomRejected, RejectReason, read_ct
-from components.data.ingest import list_files
+from components.data.dicom import MAX_FRAME_PIXELS, read_ct
+from components.data.raw_tree import list_files
+from components.data.rejects import DicomRejected, RejectReason
 from components.training.loop import predict
 
 if TYPE_CHECKING:

@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from components import tracking
 from components.artifacts import STUDY_FILE
 from components.checks.page import write_page
-from components.checks.suites import ValidationReport
+from components.checks.results import ValidationReport
 from components.config import load_config
 from flows.evaluate import ARTIFACT_KEY, PROMOTION_LIMIT_PREFIX, evaluate, promotion_slot
 from flows.train import train

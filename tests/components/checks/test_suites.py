@@ -13,24 +13,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.checks.suites import (
-    SUITES,
-    ExpectNoPhiColumns,
-    ValidationReport,
+from components.checks.phi import ExpectNoPhiColumns
+from components.checks.results import ValidationReport
+from components.checks.runner import run_validation
+from components.checks.suites import SUITES, manifest_suite, pixel_suite, split_suite
+from components.checks.summaries import (
     failure_message,
-    manifest_suite,
     markdown_table,
-    phi_columns,
-    pixel_stats,
-    pixel_suite,
-    run_validation,
-    split_suite,
     success_line,
     summary,
     write_summary,
 )
+from components.checks.tables import pixel_stats
 from components.config import SplitConfig, ValidationConfig
-from components.data.ingest import MANIFEST_COLUMNS
 from tests.offline_html import assert_offline, remote_loads
 
 CLASSES = ("MM", "OMBT")
@@ -294,51 +289,6 @@ def test_manifest_image_missing_from_split_fails(tmp_path):
     assert f"image_id={missing}" in failure_message(report)
 
 
-def test_contract_columns_are_not_phi_but_identifiers_are():
-    assert phi_columns(MANIFEST_COLUMNS) == []
-    contract = [
-        "image_id",
-        "patient",
-        "label",
-        "hu_min",
-        "hu_max",
-        "file",
-        "frame",
-        "modality",
-        "rows",
-        "columns",
-        "pixel_spacing_row",
-        "pixel_spacing_col",
-        "slice_thickness",
-        "manufacturer",
-        "model",
-        "kernel",
-        "kvp",
-        "rescale_slope",
-        "rescale_intercept",
-        "transfer_syntax",
-        "photometric",
-        "split",
-    ]
-    assert phi_columns(contract) == []
-    phi = [
-        "PatientName",
-        "PatientID",
-        "patient_id",
-        "OtherPatientIDs",
-        "PatientBirthDate",
-        "birth_date",
-        "dob",
-        "StudyInstanceUID",
-        "SOPInstanceUID",
-        "series_uid",
-        "AccessionNumber",
-        "ReferringPhysicianName",
-        "InstitutionAddress",
-    ]
-    assert phi_columns(phi) == phi
-
-
 def test_summary_is_flat_numbers_for_dvc_metrics(good_report, tmp_path):
     path = write_summary(good_report, tmp_path / "reports" / "validation.json")
     data = json.loads(path.read_text())
@@ -372,29 +322,6 @@ def test_docs_folder_holding_other_files_is_not_wiped(tmp_path, dataset):
     with pytest.raises(FileExistsError, match="docs_out"):
         validate(manifest, split, dataset.root, docs)
     assert (docs / "notes.txt").read_text() == "mine"
-
-
-def test_pixel_stats_of_a_good_slice(dataset):
-    manifest, _ = dataset.read()
-    stats = pixel_stats(manifest.head(2), dataset.root, 300.0, progress=False)
-    assert list(stats["image_id"]) == list(manifest["image_id"].head(2))
-    row = stats.iloc[0]
-    assert row["readable"]
-    assert (row["height"], row["width"], row["n_pixels"]) == (SIZE, SIZE, SIZE * SIZE)
-    assert row["nan_count"] == 0
-    assert row["hu_min"] < -900 and row["hu_max"] > 600
-    assert 0.01 < row["bone_fraction"] < 0.2
-
-
-def test_pixel_stats_counts_nan_in_float_slices(tmp_path):
-    hu = ct_slice(np.random.default_rng(1)).astype(np.float32)
-    hu[:2, :3] = np.nan
-    np.save(tmp_path / "a.npy", hu)
-    stats = pixel_stats(
-        pd.DataFrame({"image_id": ["a"], "file": ["a.npy"]}), tmp_path, 300.0, progress=False
-    )
-    assert stats.loc[0, "nan_count"] == 6
-    assert np.isfinite(stats.loc[0, "hu_range"])
 
 
 @pytest.mark.parametrize("mode", ["patient", "image"])

@@ -5,14 +5,9 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEG2000Lossless
 
-from components.data.dicom import (
-    FRAME_COLUMNS,
-    MAX_FRAME_PIXELS,
-    DicomRejected,
-    RejectReason,
-    open_ct,
-    read_ct,
-)
+from components.data.dicom import MAX_FRAME_PIXELS, open_ct, read_ct
+from components.data.dicom_attributes import FRAME_COLUMNS
+from components.data.rejects import DicomRejected, RejectReason
 from tests import dicom_factory as factory
 
 DECODED = [

@@ -6,15 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.data.dicom import FRAME_COLUMNS
-from components.data.ingest import (
-    MANIFEST_COLUMNS,
-    MARKER,
-    REJECT_COLUMNS,
-    NoUsableDataError,
-    OutputFolderError,
-    ingest,
-)
+from components.data.dicom_attributes import FRAME_COLUMNS
+from components.data.ingest import MANIFEST_COLUMNS, REJECT_COLUMNS, NoUsableDataError, ingest
+from components.data.output_folder import MARKER, OutputFolderError
 from tests import dicom_factory as factory
 
 KEY = bytes.fromhex("5a" * 32)

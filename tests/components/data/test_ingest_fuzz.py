@@ -43,8 +43,8 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from components.data.dicom import RejectReason
 from components.data.ingest import IngestSummary, ingest
+from components.data.rejects import RejectReason
 from tests import dicom_factory as factory
 
 KEY = bytes.fromhex("3c" * 32)

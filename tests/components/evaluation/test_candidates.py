@@ -14,18 +14,18 @@ from components.evaluation.candidates import (
     ENSEMBLE,
     PREDICTION_COLUMNS,
     SPLITS,
-    CandidateResult,
-    calibration_plot_data,
-    comparisons_table,
-    confusion_plot_data,
     ensemble_predictions,
     evaluate,
     load_predictions,
-    rank_candidates,
+)
+from components.evaluation.metrics import Estimate, aggregate_patients, youden_threshold
+from components.evaluation.outputs import (
+    calibration_plot_data,
+    comparisons_table,
+    confusion_plot_data,
     roc_plot_data,
     to_metrics_json,
 )
-from components.evaluation.metrics import Estimate, aggregate_patients, youden_threshold
 from components.metric_names import ALL_METRICS, LEVELS, parse_metric_name
 
 CLASSES = ("MM", "OMBT")
@@ -182,44 +182,6 @@ def test_ensemble_predictions_reject_different_images():
 def test_no_ensemble_below_two_members():
     results = evaluate(_predictions(), CLASSES, "MM", n_bootstrap=20, ensemble_top_k=1)
     assert ENSEMBLE not in results.candidates and results.ensemble_members == ()
-
-
-def _fake(
-    name: str, val: float, test: float, width: float = 0.1, other: float = 0.5
-) -> CandidateResult:
-    def level(value: float, w: float) -> dict[str, Estimate]:
-        return {m: Estimate(value, value - w / 2, value + w / 2) for m in ALL_METRICS}
-
-    return CandidateResult(
-        name=name,
-        members=(name,),
-        thresholds={"slice": 0.5, "patient": 0.5},
-        metrics={
-            "val": {"patient": level(val, width), "slice": level(other, 0.1)},
-            "test": {"patient": level(test, width), "slice": level(test, 0.1)},
-        },
-        counts={},
-        reliability={},
-        predictions=pd.DataFrame(),
-    )
-
-
-def test_the_ranking_uses_validation_not_test():
-    results = {"A": _fake("A", val=0.9, test=0.6), "B": _fake("B", val=0.8, test=0.99)}
-    assert rank_candidates(results, "patient_auc")[0] == "A"
-    # Lower is better for calibration metrics.
-    assert rank_candidates(results, "patient_brier")[0] == "B"
-
-
-def test_the_ranking_breaks_ties_deterministically():
-    by_other_level = {"A": _fake("A", 1.0, 0.5, other=0.8), "B": _fake("B", 1.0, 0.5, other=0.9)}
-    assert rank_candidates(by_other_level, "patient_auc") == ["B", "A"]
-    by_width = {"A": _fake("A", 1.0, 0.5, width=0.2), "B": _fake("B", 1.0, 0.5, width=0.1)}
-    assert rank_candidates(by_width, "patient_auc")[0] == "B"
-    by_name = {"B": _fake("B", 1.0, 0.5), "A": _fake("A", 1.0, 0.5)}
-    assert rank_candidates(by_name, "patient_auc")[0] == "A"
-    with_nan = {"A": _fake("A", float("nan"), 0.5), "B": _fake("B", 0.1, 0.5)}
-    assert rank_candidates(with_nan, "patient_auc")[0] == "B"
 
 
 def test_pairwise_comparisons_find_the_better_model_and_not_a_copy():

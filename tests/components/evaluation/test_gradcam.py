@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 
 from components.config import InputConfig
 from components.data.dataset import model_input
+from components.evaluation.figures import save_png
 from components.evaluation.gradcam import (
     GradcamExample,
     class_scores,
@@ -20,7 +21,6 @@ from components.evaluation.gradcam import (
     load_examples,
     pick_examples,
 )
-from components.evaluation.report import save_png
 from components.training.backbones import build_model, load_model
 
 SIZE = 64

@@ -1,10 +1,11 @@
-"""Study report: figures as PNG files, and one self-contained, escaped HTML page."""
+"""Study report: its inputs, figures as PNG files, and one self-contained, escaped HTML page."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+from importlib import resources
 
 import numpy as np
 import pandas as pd
@@ -14,28 +15,30 @@ from PIL import Image
 
 from components.config import BACKBONES
 from components.evaluation.candidates import ENSEMBLE, evaluate
-from components.evaluation.metrics import Estimate
-from components.evaluation.report import (
+from components.evaluation.figures import (
     FIGURES,
-    PAPER_TABLE2,
+    confusion_grid,
+    reliability_diagram,
+    roc_figure,
+    save_png,
+    training_curves,
+)
+from components.evaluation.metrics import Estimate
+from components.evaluation.paper import PAPER_TABLE2
+from components.evaluation.report import (
     DataSummary,
     LeakageComparison,
     StudyInputs,
     WeightsInfo,
-    confusion_grid,
     format_estimate,
     format_value,
     load_histories,
     load_weights_info,
-    reliability_diagram,
-    roc_figure,
-    save_png,
-    study_page,
-    training_curves,
-    write_study_report,
 )
+from components.evaluation.study_page import study_page, write_study_report
 from components.metric_names import THRESHOLD_METRICS
 from components.registry.promotion import RegistryOutcome
+from tests.offline_html import assert_offline
 
 CLASSES = ("MM", "OMBT")
 ODD_NAME = 'Net<&>"x'  # a backbone name with HTML special characters
@@ -132,6 +135,11 @@ def full_inputs(results, image_split_results, split_frame) -> StudyInputs:
         ),
         run_info={"git commit": "0123abc", "note": "<script>alert(1)</script>"},
     )
+
+
+def _prose(page: str) -> str:
+    """The page with every run of whitespace as one space: the template wraps its prose."""
+    return " ".join(page.split())
 
 
 def _assert_png(path, min_bytes: int = 5_000) -> None:
@@ -293,8 +301,16 @@ def test_page_is_self_contained(report):
     assert len(sources) == len(FIGURES)
     assert all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r'(src|href)="(https?:)?//', page)
-    assert "<link" not in page and "<script" not in page
-    assert "<style>" in page
+    assert_offline(page)
+
+
+def test_page_inlines_its_style_sheet_and_loads_no_other_file(report):
+    page = report.html.read_text(encoding="utf-8")
+    css = (resources.files("components.evaluation") / "templates" / "study.css").read_text()
+    style = re.findall(r"<style>(.*?)</style>", page, re.DOTALL)
+    assert len(style) == 1 and css.strip() in style[0]
+    assert "<link" not in page and "<script" not in page and "@import" not in page
+    assert "{{" not in page and "{%" not in page
 
 
 def test_page_has_every_section_and_the_papers_numbers(report, full_inputs):
@@ -312,7 +328,7 @@ def test_page_has_every_section_and_the_papers_numbers(report, full_inputs):
     for level in ("slice", "patient"):
         assert f"<td>{format_estimate(vgg[level]['accuracy'])}</td>" in page
     assert len(re.findall(r"\d\.\d\d \(\d\.\d\d–\d\.\d\d\)", page)) > 50
-    assert "inflated by patient leakage" in page
+    assert "inflated by patient leakage" in _prose(page)
     assert "myelomet@champion is now version 4" in page
     assert "Not run" not in page
 
@@ -320,7 +336,7 @@ def test_page_has_every_section_and_the_papers_numbers(report, full_inputs):
 def test_page_warns_about_random_init_only_when_imagenet_fell_back(report, full_inputs):
     page = report.html.read_text(encoding="utf-8")
     assert "Warning: trained from random initialisation" in page
-    assert "ImageNet weights were unavailable for MobileNetV2," in page
+    assert "ImageNet weights were unavailable for MobileNetV2," in _prose(page)
     quiet = dataclasses.replace(
         full_inputs, weights=(WeightsInfo("VGG16", "imagenet", "imagenet"),)
     )
@@ -330,7 +346,7 @@ def test_page_warns_about_random_init_only_when_imagenet_fell_back(report, full_
 def test_page_escapes_every_text(report):
     page = report.html.read_text(encoding="utf-8")
     assert ODD_NAME not in page
-    assert "Net&lt;&amp;&gt;&quot;x" in page
+    assert "Net&lt;&amp;&gt;&#34;x" in page
     assert "<script>alert(1)</script>" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "download failed: &lt;no network&gt;" in page
@@ -343,3 +359,27 @@ def test_optional_sections_render_not_run(results, split_frame):
         assert "Not run" in section, anchor
     assert "<img" not in page
     assert "No file was rejected at ingest." in page
+
+
+def test_hostile_text_is_escaped_everywhere(full_inputs):
+    hostile = "<script>alert(1)</script> & co"
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co"
+    registry = dataclasses.replace(full_inputs.registry, reason=hostile, candidate=hostile)
+    data = dataclasses.replace(full_inputs.data, rejects={hostile: 2})
+    inputs = dataclasses.replace(
+        full_inputs,
+        title=hostile,
+        weights=(WeightsInfo(hostile, "imagenet", "random", hostile),),
+        leakage=dataclasses.replace(full_inputs.leakage, backbone=hostile),
+        registry=registry,
+        data=data,
+        run_info={hostile: hostile},
+        validation_page='v.html" onclick="alert(1)',
+    )
+    page = study_page(inputs, {})
+    assert "<script" not in page and "alert(1)</script>" not in page
+    assert " & co" not in page
+    # the title, the heading, the run facts (name and value), the alerts, the weights table
+    # (backbone and detail), the leakage text, the rejects table, the registry (twice)
+    assert page.count(escaped) >= 10
+    assert 'href="v.html&#34; onclick=&#34;alert(1)"' in page

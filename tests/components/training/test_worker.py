@@ -16,6 +16,7 @@ from components import artifacts, code_closure, tracking
 from components.config import BACKBONES, TrainingConfig, load_config
 from components.training import backbones, batches, devices, loop, runtime, worker
 from components.training.backbones import WeightsUnavailable, get_backbone
+from components.training.plan import plan_run
 from tests.tool_env import project_env
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -211,45 +212,41 @@ def test_command_line_trains_falling_back_to_scratch_then_skips(project, tmp_pat
 
     cfg = load_config(project / "fallback.yaml")
     changed = cfg.model_copy(update={"training": cfg.training.model_copy(update={"dropout": 0.5})})
-    assert worker._plan("MobileNet", changed).inputs_hash != first["inputs_hash"]
+    assert plan_run("MobileNet", changed).inputs_hash != first["inputs_hash"]
 
 
 def test_editing_the_training_code_or_adding_a_training_field_retrains(
     project, tmp_path, monkeypatch
 ):
     cfg = _cfg(project)
-    base = worker._plan("MobileNet", cfg).inputs_hash
+    base = plan_run("MobileNet", cfg).inputs_hash
     copy = tmp_path / "source"
     for package in code_closure.FIRST_PARTY:
         shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("*.pyc"))
     monkeypatch.setattr(code_closure, "ROOT", copy)
-    assert worker._plan("MobileNet", cfg).inputs_hash == base
+    assert plan_run("MobileNet", cfg).inputs_hash == base
     unrelated = copy / "components" / "data" / "synthetic" / "cohort.py"
     unrelated.write_text(unrelated.read_text() + "\n# not training code\n")
-    assert worker._plan("MobileNet", cfg).inputs_hash == base
+    assert plan_run("MobileNet", cfg).inputs_hash == base
     loop_source = copy / "components" / "training" / "loop.py"
     loop_source.write_text(loop_source.read_text() + "\n# a change to the training loop\n")
-    assert worker._plan("MobileNet", cfg).inputs_hash != base
+    assert plan_run("MobileNet", cfg).inputs_hash != base
     monkeypatch.undo()
 
     class WithNewField(TrainingConfig):
         new_field: int = 0
 
     extended = WithNewField(**cfg.training.model_dump())
-    assert (
-        worker._plan("MobileNet", cfg.model_copy(update={"training": extended})).inputs_hash != base
-    )
+    assert plan_run("MobileNet", cfg.model_copy(update={"training": extended})).inputs_hash != base
     placed = cfg.training.model_copy(update={"max_parallel": 7, "retries": 3})
-    assert (
-        worker._plan("MobileNet", cfg.model_copy(update={"training": placed})).inputs_hash == base
-    )
+    assert plan_run("MobileNet", cfg.model_copy(update={"training": placed})).inputs_hash == base
 
 
 def test_a_backbone_override_applies_to_that_backbone_and_its_inputs_hash(project, tmp_path):
     other = _cfg(project, overrides={"VGG16": {"epochs": 5}})
     mine = _cfg(project, overrides={"MobileNet": {"epochs": 2, "scratch_learning_rate": 5e-4}})
-    base = worker._plan("MobileNet", _cfg(project)).inputs_hash
-    assert worker._plan("MobileNet", other).inputs_hash == base
+    base = plan_run("MobileNet", _cfg(project)).inputs_hash
+    assert plan_run("MobileNet", other).inputs_hash == base
 
     result = worker.train_backbone("MobileNet", mine, tmp_path / "out")
     assert result.epochs_run == 2 and result.inputs_hash != base

@@ -1,0 +1,114 @@
+"""Stored pixel values to Hounsfield units: the modality LUT of a frame, checked and rounded.
+
+`frame_lut` finds a frame's rescale attributes (its functional groups in enhanced
+multi-frame CT, else the dataset), `check_rescale` rejects an impossible slope or intercept
+before any pixel is read, and `to_hu` applies pydicom's modality LUT and rejects a frame
+whose HU no CT scanner produces (`bad_rescale`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut
+
+from components.data.dicom_attributes import as_float, functional_item
+from components.data.rejects import DicomRejected, RejectReason
+
+_INT16 = np.iinfo(np.int16)
+
+
+def to_hu(pixels: np.ndarray, lut: Dataset, ds: Dataset) -> np.ndarray:
+    """One frame's modality LUT (`lut`: its rescale attributes), rounded to int16 HU."""
+    return _rounded(_checked_range(apply_modality_lut(pixels, lut), _padding_mask(pixels, ds)))
+
+
+# Hounsfield units a CT file can hold: tissue starts at air (-1000) and dense metal reaches
+# about 30000; below air only fill values for pixels outside the scanned field, down to
+# -3024 (GE and Siemens write it, often without declaring Pixel Padding) and -3072.
+HU_RANGE = (-4096, 32767)
+
+
+def check_rescale(rescale: tuple[float | None, float | None, str]) -> None:
+    """Reject a slope that is zero or not finite, or an intercept that is not finite
+    (`bad_rescale`)."""
+    slope, intercept, _ = rescale
+    if slope is not None and (not math.isfinite(slope) or slope == 0):
+        raise DicomRejected(
+            RejectReason.BAD_RESCALE,
+            f"RescaleSlope is {slope}: every pixel would map to one value or none; the "
+            "file's modality LUT is broken, export the series again",
+        )
+    if intercept is not None and not math.isfinite(intercept):
+        raise DicomRejected(
+            RejectReason.BAD_RESCALE,
+            f"RescaleIntercept is {intercept}; the file's modality LUT is broken, export the "
+            "series again",
+        )
+
+
+def _padding_mask(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    """True where a stored value is Pixel Padding (outside the scanned field, e.g. GE's
+    -2000 stored for -3024 HU): not tissue, so not held to HU_RANGE."""
+    mask = np.zeros(pixels.shape, dtype=bool)
+    value = as_float(ds.get("PixelPaddingValue"))
+    if value is None:
+        return mask
+    limit = as_float(ds.get("PixelPaddingRangeLimit"))
+    low, high = (value, value) if limit is None else sorted((value, limit))
+    return (pixels >= low) & (pixels <= high)
+
+
+def _checked_range(values: np.ndarray, padding: np.ndarray) -> np.ndarray:
+    """`values` (HU) when they are finite and, padding aside, within HU_RANGE."""
+    tissue = values[~padding] if padding.any() else values
+    if tissue.size == 0 or not np.isfinite(tissue).all():
+        raise DicomRejected(
+            RejectReason.BAD_RESCALE,
+            "the modality LUT gives no finite Hounsfield units; export the series again",
+        )
+    low, high = float(tissue.min()), float(tissue.max())
+    if low < HU_RANGE[0] or high > HU_RANGE[1]:
+        raise DicomRejected(
+            RejectReason.BAD_RESCALE,
+            f"Hounsfield units {low:.0f}..{high:.0f} after rescale lie outside the "
+            f"{HU_RANGE[0]}..{HU_RANGE[1]} a CT scanner produces; check RescaleSlope and "
+            "RescaleIntercept",
+        )
+    return values
+
+
+def _rounded(values: np.ndarray) -> np.ndarray:
+    if values.dtype.kind == "f":
+        values = np.rint(values)
+    # Clipping only matters for broken rescale values; real CT stays far inside int16.
+    return np.clip(values, _INT16.min, _INT16.max).astype(np.int16)
+
+
+def rescale_of(ds: Dataset) -> tuple[float | None, float | None, str]:
+    """(slope, intercept, hu_source) of the modality LUT in `ds`; no slope or intercept
+    when it is a Modality LUT Sequence or there is none."""
+    if ds.get("ModalityLUTSequence"):
+        return None, None, "modality_lut_sequence"
+    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
+        return (
+            as_float(ds.get("RescaleSlope", 1.0)),
+            as_float(ds.get("RescaleIntercept", 0.0)),
+            "rescale",
+        )
+    return None, None, "none"
+
+
+def frame_lut(ds: Dataset, frame: int) -> Dataset:
+    """The modality LUT attributes of one frame: those of its functional groups (enhanced
+    multi-frame images), else the dataset itself."""
+    item = functional_item(ds, frame, "PixelValueTransformationSequence")
+    if item is None:
+        return ds
+    lut = Dataset()
+    for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
+        if keyword in item:
+            setattr(lut, keyword, item[keyword].value)
+    return lut

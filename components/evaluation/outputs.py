@@ -1,0 +1,230 @@
+"""What the evaluation writes: metrics.json, comparisons.csv and the plot data that DVC
+tracks, and the flat metric dicts logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.artifacts import COMPARISONS_FILE, EVALUATION_METRICS_FILE
+from components.evaluation.candidates import SPLITS, CandidateResult, EvaluationResults
+from components.evaluation.metrics import Estimate, roc_curve
+from components.metric_names import LEVELS, parse_metric_name
+
+
+def _number(value: float) -> float | None:
+    """A JSON-safe number: NaN and infinities become null, which DVC leaves out."""
+    return round(float(value), 6) if math.isfinite(value) else None
+
+
+def _estimate_json(estimate: Estimate) -> dict[str, float | None]:
+    return {key: _number(value) for key, value in estimate.as_dict().items()}
+
+
+def _candidate_json(candidate: CandidateResult) -> dict:
+    out: dict = {"threshold": {lvl: _number(t) for lvl, t in candidate.thresholds.items()}}
+    for split in SPLITS:
+        out[split] = dict(candidate.counts[split])
+        for level in LEVELS:
+            out[split][level] = {
+                metric: _estimate_json(est)
+                for metric, est in candidate.metrics[split][level].items()
+            }
+    return out
+
+
+def to_metrics_json(results: EvaluationResults) -> dict:
+    """The content of reports/metrics.json, for `dvc metrics show/diff`.
+
+    Nested dicts of numbers and strings, no lists; NaN becomes null (write it with
+    `json.dump(..., allow_nan=False)`). DVC shows strings as values and skips nulls.
+
+    Returns:
+        {"candidates": {name: {"threshold": {level: t}, split: {"n_slices", "n_patients",
+        "n_positive_patients", level: {metric: {"value", "ci_low", "ci_high"}}}}},
+        "selection": {"selected", "metric", "ensemble_members", "value", "ci_low",
+        "ci_high"}, "bootstrap": {"n", "confidence", "unit"}}; the selection's value and
+        interval are the selected candidate's on validation.
+    """
+    level, metric = parse_metric_name(results.select_metric)
+    chosen = results.candidates[results.selected].metrics["val"][level][metric]
+    return {
+        "candidates": {name: _candidate_json(c) for name, c in results.candidates.items()},
+        "selection": {
+            "selected": results.selected,
+            "metric": results.select_metric,
+            "split": "val",
+            "ensemble_members": ",".join(results.ensemble_members),
+            **_estimate_json(chosen),
+        },
+        "bootstrap": {
+            "n": results.n_bootstrap,
+            "confidence": results.confidence,
+            "unit": "patient",
+        },
+    }
+
+
+def comparisons_table(results: EvaluationResults) -> pd.DataFrame:
+    """The pairwise test comparisons as a table.
+
+    Returns:
+        Columns first, second, auc_difference, ci_low, ci_high, p_value (one row per pair).
+    """
+    return pd.DataFrame(
+        [
+            {
+                "first": c.first,
+                "second": c.second,
+                "auc_difference": c.difference.value,
+                "ci_low": c.difference.ci_low,
+                "ci_high": c.difference.ci_high,
+                "p_value": c.p_value,
+            }
+            for c in results.comparisons
+        ],
+        columns=["first", "second", "auc_difference", "ci_low", "ci_high", "p_value"],
+    )
+
+
+def _check_split_level(split: str, level: str) -> None:
+    if split not in SPLITS or level not in LEVELS:
+        raise ValueError(f"split must be one of {SPLITS} and level one of {LEVELS}")
+
+
+def roc_plot_data(
+    results: EvaluationResults, split: str = "test", level: str = "patient"
+) -> pd.DataFrame:
+    """ROC curve points of every candidate, tidy, for `dvc plots`.
+
+    Returns:
+        Columns candidate, fpr, tpr; candidates whose split lacks a class have no rows.
+
+    Raises:
+        ValueError: unknown split or level.
+    """
+    _check_split_level(split, level)
+    parts = []
+    for name, candidate in results.candidates.items():
+        rows = candidate.rows(split, level)
+        fpr, tpr, _ = roc_curve(rows["y"], rows["p"])
+        parts.append(pd.DataFrame({"candidate": name, "fpr": fpr, "tpr": tpr}).dropna())
+    return pd.concat(parts, ignore_index=True)
+
+
+def confusion_plot_data(
+    results: EvaluationResults, split: str = "test", level: str = "patient"
+) -> pd.DataFrame:
+    """Actual and predicted class of every row at the candidate's validation threshold.
+
+    Returns:
+        Columns candidate, actual, predicted (class names), one row per slice or patient.
+
+    Raises:
+        ValueError: unknown split or level.
+    """
+    _check_split_level(split, level)
+    positive, negative = results.classes
+    parts = []
+    for name, candidate in results.candidates.items():
+        rows = candidate.rows(split, level)
+        called = rows["p"].to_numpy() >= candidate.thresholds[level]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "candidate": name,
+                    "actual": np.where(rows["y"].to_numpy() == 1, positive, negative),
+                    "predicted": np.where(called, positive, negative),
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def calibration_plot_data(
+    results: EvaluationResults, split: str = "test", level: str = "slice"
+) -> pd.DataFrame:
+    """Reliability curve points of every candidate, tidy, for `dvc plots`.
+
+    Returns:
+        Columns candidate, bin, p_mean, observed, count.
+
+    Raises:
+        ValueError: unknown split or level.
+    """
+    _check_split_level(split, level)
+    parts = [
+        c.reliability[split][level].assign(candidate=name) for name, c in results.candidates.items()
+    ]
+    frame = pd.concat(parts, ignore_index=True)
+    return frame[["candidate", "bin", "p_mean", "observed", "count"]]
+
+
+def write_outputs(results: EvaluationResults, reports_dir: str | Path) -> dict[str, Path]:
+    """Write what DVC tracks: metrics.json, comparisons.csv and the plot data.
+
+    The plot data (test set, patient level; calibration at slice level) go one file per
+    candidate under plots/roc/, plots/confusion/ and plots/calibration/, so `dvc plots show`
+    draws one series per candidate.
+
+    Args:
+        results: the evaluation.
+        reports_dir: the reports folder (params evaluation.reports_out).
+
+    Returns:
+        name -> path written: metrics, comparisons, and the three plot folders.
+    """
+    out = Path(reports_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": out / EVALUATION_METRICS_FILE, "comparisons": out / COMPARISONS_FILE}
+    paths["metrics"].write_text(json.dumps(to_metrics_json(results), indent=2, allow_nan=False))
+    comparisons_table(results).to_csv(paths["comparisons"], index=False)
+    plot_data = {
+        "roc": roc_plot_data(results, "test", "patient"),
+        "confusion": confusion_plot_data(results, "test", "patient"),
+        "calibration": calibration_plot_data(results, "test"),
+    }
+    for kind, frame in plot_data.items():
+        folder = out / "plots" / kind
+        if folder.exists():
+            for stale in folder.glob("*.csv"):
+                stale.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        for candidate, rows in frame.groupby("candidate", sort=False):
+            rows.drop(columns="candidate").to_csv(folder / f"{candidate}.csv", index=False)
+        paths[kind] = folder
+    return paths
+
+
+def run_metrics(candidate: CandidateResult) -> dict[str, float]:
+    """A candidate's validation and test metrics for its MLflow run, under the same names
+    for every candidate (`test_patient_auc`, `test_patient_auc_ci_low`, ...) so that the
+    Compare view and `search_runs(order_by=...)` rank candidates; finite values only."""
+    out = {}
+    for split in SPLITS:
+        for level, metrics in candidate.metrics[split].items():
+            for metric, estimate in metrics.items():
+                name = f"{split}_{level}_{metric}"
+                for suffix, value in (
+                    ("", estimate.value),
+                    ("_ci_low", estimate.ci_low),
+                    ("_ci_high", estimate.ci_high),
+                ):
+                    if math.isfinite(value):
+                        out[name + suffix] = float(value)
+    return out
+
+
+def headline_metrics(results: EvaluationResults) -> dict[str, float]:
+    """Test-set point values of every candidate, flat, for the study's MLflow run."""
+    return {
+        f"test_{level}_{metric}.{name}": float(estimate.value)
+        for name, candidate in results.candidates.items()
+        for level, metrics in candidate.metrics["test"].items()
+        for metric, estimate in metrics.items()
+    }
