@@ -50,7 +50,7 @@ lint: install
 
 # The whole suite on TensorFlow (the default backend), then its backend-agnostic subset on JAX.
 test: lint
-	pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; \
+	pytest -q --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; \
 	  [ $$rc -eq 0 ] || exit $$rc; \
 	  KERAS_BACKEND=jax pytest -q -m backends; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no JAX tests collected"; rc=0; fi; exit $$rc

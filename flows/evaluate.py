@@ -27,7 +27,7 @@ from components.artifacts import STUDY_FILE
 from components.config import Config, load_config
 from components.evaluation import report_inputs
 from components.evaluation.candidates import EvaluationResults
-from components.evaluation.outputs import headline_metrics, run_metrics, write_outputs
+from components.evaluation.outputs import headline_metrics, log_candidate_runs, write_outputs
 from components.evaluation.report import results_markdown
 from components.evaluation.study_page import write_study_report
 from components.registry import promotion
@@ -62,9 +62,7 @@ def log_candidates(cfg: Config, results: EvaluationResults, parent_run_id: str) 
     datasets = tracking.dataset_inputs(
         {"manifest": manifest, "split": split}, data_version(manifest, split)
     )
-    for name, candidate in results.candidates.items():
-        run_id = tracking.candidate_run(store, parent_run_id, name, candidate.members, datasets)
-        tracking.log_run_metrics(store, run_id, run_metrics(candidate))
+    log_candidate_runs(store, parent_run_id, results, datasets)
 
 
 @task(name="register-and-promote", **_TASK)

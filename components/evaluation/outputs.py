@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from mlflow.entities import DatasetInput
 
 from components.artifacts import COMPARISONS_FILE, EVALUATION_METRICS_FILE
 from components.evaluation.candidates import SPLITS, CandidateResult, EvaluationResults
 from components.evaluation.metrics import Estimate, roc_curve
 from components.metric_names import LEVELS, parse_metric_name
+from components.tracking import Store, candidate_run, log_run_metrics
 
 
 def _number(value: float) -> float | None:
@@ -218,6 +221,21 @@ def run_metrics(candidate: CandidateResult) -> dict[str, float]:
                     if math.isfinite(value):
                         out[name + suffix] = float(value)
     return out
+
+
+def log_candidate_runs(
+    store: Store,
+    parent_run_id: str,
+    results: EvaluationResults,
+    datasets: Sequence[DatasetInput] = (),
+) -> dict[str, str]:
+    """Every candidate's `run_metrics` into its own run of the study (`tracking.candidate_run`),
+    with the data it was measured on as the run's inputs; candidate -> run id."""
+    runs = {}
+    for name, candidate in results.candidates.items():
+        runs[name] = candidate_run(store, parent_run_id, name, candidate.members, datasets)
+        log_run_metrics(store, runs[name], run_metrics(candidate))
+    return runs
 
 
 def headline_metrics(results: EvaluationResults) -> dict[str, float]:

@@ -30,7 +30,6 @@ from components.artifacts import MANIFEST_FILE
 from components.config import Config
 from components.evaluation.candidates import EvaluationResults
 from components.evaluation.metrics import aggregate_patients, resampled_metrics
-from components.evaluation.outputs import run_metrics
 from components.metric_names import (
     LOWER_IS_BETTER,
     THRESHOLD_METRICS,
@@ -46,7 +45,6 @@ from components.registry.pyfunc import (
 from components.tracking import (
     Store,
     connect,
-    log_run_metrics,
     resolve_store,
     store_folder,
 )
@@ -380,7 +378,6 @@ def register_selected(
     )
     split = pd.read_csv(cfg.path(cfg.split.out), dtype=str)
     card = model_card(cfg, results, logged.tags, outcome, split)
-    log_run_metrics(store, logged.run_id, run_metrics(chosen))
     client = MlflowClient(store.tracking_uri)
     client.log_text(logged.run_id, card, CARD_FILE)
     client.update_model_version(outcome.model_name, outcome.version, description=card)

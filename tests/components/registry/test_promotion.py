@@ -13,6 +13,7 @@ from components import tracking
 from components.config import Config, EvaluationConfig, load_config
 from components.evaluation.candidates import evaluate
 from components.evaluation.metrics import aggregate_patients, roc_auc, threshold_metrics
+from components.evaluation.outputs import log_candidate_runs
 from components.evaluation.report import format_estimate
 from components.registry import promotion
 from tests.components.registry.registry_support import keras_p, run_cli
@@ -202,6 +203,7 @@ def test_register_selected_logs_registers_and_rescores_a_champion_of_other_data(
 
     store = tracking.resolve_store(cfg.tracking, root)
     study_run = tracking.start_study(store, "study")
+    log_candidate_runs(store, study_run, results)  # as the evaluate flow does first
     first = promotion.register_selected(cfg, results, study_run)
 
     assert (first.version, first.alias, first.candidate) == ("1", "champion", BACKBONE)
