@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 BACKBONE_TAG = "backbone"
 KIND_TAG = "myelomet.kind"
-# MLflow 3's UI opens an experiment of this kind on its training runs, not the GenAI overview.
+# The experiment's kind in MLflow 3's UI (its kind picker). The 3.17 UI opens an experiment by
+# its own GenAI / Model training toggle instead (README: `?workflowType=machine_learning`).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 OWNER_TAG = "myelomet.owner"
@@ -189,6 +190,7 @@ def start_study(
     tags: Mapping[str, str] | None = None,
     root: Path | None = None,
     owner: str | None = None,
+    datasets: Sequence[DatasetInput] = (),
 ) -> str:
     """Open the parent run of a study and leave it running for the backbone runs.
 
@@ -203,6 +205,8 @@ def start_study(
         root: project root, for the git commit tag.
         owner: `process_identity()` of the process that will end the study; this one's by
             default.
+        datasets: the data the study trains on (`dataset_inputs`), shown in the runs
+            table's Dataset column.
 
     Returns:
         The parent run id, to pass to `backbone_run` (in any process) and `end_study`.
@@ -218,6 +222,8 @@ def start_study(
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
     for key, value in flatten(params or {}).items():
         client.log_param(run.info.run_id, key, value)
+    if datasets:
+        client.log_inputs(run.info.run_id, datasets=list(datasets))
     return run.info.run_id
 
 

@@ -28,6 +28,7 @@ from components import tracking
 from components.artifacts import STUDY_FILE, TRAINING_SUMMARY_FILE
 from components.config import Config, load_config, slowest_first
 from components.evaluation.report import training_markdown, write_training_summary
+from components.training.batches import data_paths, data_version
 from components.training.devices import (
     DevicePool,
     gpu_memory_mb,
@@ -79,6 +80,7 @@ def start_study(cfg: Config, names: list[str], owner: str) -> str:
     """Open the study's MLflow parent run, owned by the flow's process (`owner`, so that a
     killed flow's run is closed by the next one), and record its id beside the models."""
     store = tracking.resolve_store(cfg.tracking, cfg.root)
+    manifest, split = data_paths(cfg)
     run_id = tracking.start_study(
         store,
         run_name="study",
@@ -86,6 +88,9 @@ def start_study(cfg: Config, names: list[str], owner: str) -> str:
         tags={"backbones": ",".join(names)},
         root=cfg.root,
         owner=owner,
+        datasets=tracking.dataset_inputs(
+            {"manifest": manifest, "split": split}, data_version(manifest, split)
+        ),
     )
     models = cfg.path(cfg.training.models_out)
     models.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,9 @@ def test_a_failing_backbone_is_reported_and_the_others_finish(project):
     client = MlflowClient(tracking.resolve_store(cfg.tracking, project).tracking_uri)
     parent = client.get_run(outcome["parent_run_id"])
     assert parent.data.tags["failed_backbones"] == "VGG16"
+    datasets = {d.dataset.name: d.dataset.digest for d in parent.inputs.dataset_inputs}
+    assert set(datasets) == {"manifest", "split"}  # the runs table's Dataset column
+    assert len(set(datasets.values())) == 1  # the data version
     assert parent.data.tags["reused_backbones"] == "DenseNet121,MobileNet"
     trained_by = parent.data.tags["reused.MobileNet.run_id"]
     assert client.get_run(trained_by).data.tags["backbone"] == "MobileNet"
