@@ -104,6 +104,7 @@ class SplitConfig(_Frozen):
     test: float = Field(0.2, gt=0, lt=1)
     seed: int = 42
     stratify: tuple[str, ...] = ()  # manifest columns stratified by besides the label
+    folds: int = 0  # k >= 3: patient-grouped k-fold cross-validation; 0 = the single split
     out: str = "data/splits/split.csv"
 
     @model_validator(mode="after")
@@ -113,8 +114,31 @@ class SplitConfig(_Frozen):
             raise ValueError(f"split fractions must sum to 1, got {total:.4f}")
         return self
 
+    @model_validator(mode="after")
+    def _folds_valid(self) -> SplitConfig:
+        if self.folds != 0 and self.folds < 3:
+            raise ValueError(
+                f"split.folds must be 0 (one train/val/test split) or at least 3 (k-fold "
+                f"cross-validation: each fold needs a test, a val and a train part), got "
+                f"{self.folds}"
+            )
+        if self.folds and self.mode != "patient":
+            raise ValueError(
+                f"split.folds {self.folds} needs split.mode patient (cross-validation folds "
+                "group slices by patient); set split.mode: patient or split.folds: 0"
+            )
+        return self
+
     def fractions(self) -> dict[str, float]:
         return {"train": self.train, "val": self.val, "test": self.test}
+
+    def view_fractions(self) -> dict[str, float]:
+        """The share of patients in train, val and test of one split: `fractions()` for the
+        single split; with k folds, one fold tests, the next validates, k - 2 train."""
+        if not self.folds:
+            return self.fractions()
+        k = self.folds
+        return {"train": (k - 2) / k, "val": 1 / k, "test": 1 / k}
 
 
 class ValidationConfig(_Frozen):

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKBONE_TAG = "backbone"
+FOLD_TAG = "fold"
 KIND_TAG = "myelomet.kind"
 # The experiment's kind in MLflow 3's UI (its kind picker). The 3.17 UI opens an experiment by
 # its own GenAI / Model training toggle instead (README: `?workflowType=machine_learning`).
@@ -340,18 +341,21 @@ def candidate_run(
     candidate: str,
     members: Sequence[str],
     datasets: Sequence[DatasetInput] = (),
+    cross_validated: bool = False,
 ) -> str:
     """The run of a candidate in the study, where its evaluation metrics and, once chosen,
     its registered model go (MLflow's Compare view ranks these runs): the backbone's
     training run, or a new child run for the ensemble and for a backbone whose training was
-    reused from an earlier study.
+    reused from an earlier study. A cross-validated candidate (its folds pooled) always has
+    a run of its own beside the folds' training runs.
     """
     client = MlflowClient(store.tracking_uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
+    own = f" and tags.`{KIND_TAG}` = 'candidate'" if cross_validated else ""
     found = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' "
-        f"and tags.`{BACKBONE_TAG}` = '{candidate}'",
+        f"and tags.`{BACKBONE_TAG}` = '{candidate}'{own}",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -449,6 +453,7 @@ def backbone_run(
     run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     system_metrics: bool = True,
+    fold: int | None = None,
 ) -> Iterator[BackboneRun]:
     """Open (or reopen, to resume) the child run of one backbone.
 
@@ -462,6 +467,7 @@ def backbone_run(
         run_id: an earlier run of this backbone to continue; a new run when it is gone.
         tags: extra tags.
         system_metrics: sample CPU, memory (and GPU with pynvml) while the run is open.
+        fold: the cross-validation fold it trains (the `fold` tag, in the run name).
     """
     experiment_id = connect(store)
     log_system = system_metrics and _system_metrics_available()
@@ -473,13 +479,15 @@ def backbone_run(
             log.warning("cannot reopen MLflow run %s (%s); starting a new one", run_id, exc)
     if active is None:
         all_tags = {BACKBONE_TAG: backbone, KIND_TAG: "backbone", **(tags or {})}
+        if fold is not None:
+            all_tags[FOLD_TAG] = str(fold)
         if parent_run_id:
             # the tag, not start_run(parent_run_id=...), which insists the parent be active
             # in this process' view and fails for a study that has already been closed
             all_tags[PARENT_TAG] = parent_run_id
         active = mlflow.start_run(
             experiment_id=experiment_id,
-            run_name=backbone,
+            run_name=backbone if fold is None else f"{backbone} fold {fold}",
             tags=all_tags,
             log_system_metrics=log_system,
         )

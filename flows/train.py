@@ -1,6 +1,9 @@
 """Prefect flow `train`: every backbone fine-tuned in a process of its own, in parallel.
 
-One MLflow parent run per study; each backbone's child run is opened by its own process.
+With cross-validation (params split.folds) every backbone trains once per fold, on that
+fold's split (`components.training.folds`), into `<models_out>/fold-<f>/<backbone>`.
+One MLflow parent run per study; each backbone's (and fold's) child run is opened by its
+own process.
 On GPUs each process is pinned to one GPU, or to a capped share of one when several fit on a
 card (training.processes_per_gpu), and the slowest backbones start first; on a CPU they run
 one at a time unless training.max_parallel says otherwise. With training.executor: ray the
@@ -36,6 +39,7 @@ from components.training.devices import (
     usable_cpus,
     visible_gpus,
 )
+from components.training.folds import cv_folds, fold_label
 from components.training.launcher import BackboneFailed, describe_progress, run_backbone_process
 
 ARTIFACT_KEY = "training-results"
@@ -53,26 +57,47 @@ def _retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     retry_condition_fn=_retry_unless_permanent,
 )
 def train_backbone(
-    backbone: str, params: str, out_dir: str, parent_run_id: str, devices: DevicePool | None
+    backbone: str,
+    params: str,
+    out_dir: str,
+    parent_run_id: str,
+    devices: DevicePool | None,
+    fold: tuple[int, str] | None = None,
 ) -> dict:
     """Train one backbone in a fresh process (pinned to a free GPU or a share of one, or to
-    its share of the CPU cores, when a pool is given), its progress shown as an artifact."""
+    its share of the CPU cores, when a pool is given), its progress shown as an artifact.
+    `fold` is a cross-validation fold's number and split file."""
     logger = get_run_logger()
-    progress = create_progress_artifact(
-        0.0, key=f"train-{backbone.lower()}", description=f"{backbone}: waiting for a device"
-    )
+    job = backbone if fold is None else f"{backbone} {fold_label(fold[0])}"
+    key = f"train-{job.lower().replace(' ', '-')}"
+    progress = create_progress_artifact(0.0, key=key, description=f"{job}: waiting for a device")
 
     def show(epoch: dict) -> None:
         update_progress_artifact(progress, epoch["percent"], description=describe_progress(epoch))
 
+    extra = () if fold is None else ("--fold", str(fold[0]), "--split", fold[1])
     with devices.lease() if devices is not None else nullcontext({}) as env:
         if env.get("CUDA_VISIBLE_DEVICES"):
-            logger.info("%s on GPU %s", backbone, env["CUDA_VISIBLE_DEVICES"])
+            logger.info("%s on GPU %s", job, env["CUDA_VISIBLE_DEVICES"])
         result = run_backbone_process(
-            backbone, Path(params), Path(out_dir), parent_run_id, env, logger.info, on_progress=show
+            backbone,
+            Path(params),
+            Path(out_dir),
+            parent_run_id,
+            env,
+            logger.info,
+            extra_args=extra,
+            on_progress=show,
         )
-    update_progress_artifact(progress, 100.0, description=f"{backbone}: {result['status']}")
+    update_progress_artifact(progress, 100.0, description=f"{job}: {result['status']}")
     return result
+
+
+@task(name="prepare-folds", cache_policy=NO_CACHE, persist_result=False)
+def prepare_folds(cfg: Config) -> list[tuple[int, str]]:
+    """Each cross-validation fold's number and split file (written beside its models);
+    none for a single split."""
+    return [(fold.number, str(fold.cfg.path(fold.cfg.split.out))) for fold in cv_folds(cfg)]
 
 
 @task(name="start-study", cache_policy=NO_CACHE, persist_result=False)
@@ -117,25 +142,31 @@ def report_training(
 
 @flow(name="train")
 def train(params: str = "params.yaml", backbones: list[str] | None = None) -> dict[str, Any]:
-    """Fine-tune the backbones of params.yaml (or those named), one process each.
+    """Fine-tune the backbones of params.yaml (or those named), one process each (per fold
+    with cross-validation).
 
     Returns:
         parent_run_id, per-backbone results, and failures (backbone -> error) of those that
-        still failed after their retries; the other backbones finish regardless.
+        still failed after their retries; the other backbones finish regardless. With
+        cross-validation the keys are `fold-<f>/<backbone>`.
     """
     cfg = load_config(params)
     names = list(backbones or cfg.training.backbones)
     gpus = visible_gpus()
     if gpus:  # on a CPU params.yaml's order stands (the demo's is tuned for two at a time)
         names = slowest_first(names)
+    folds = prepare_folds(cfg)
     parent_run_id = start_study(cfg, names, tracking.process_identity())
-    pool = _device_pool(cfg, gpus, len(names))
+    pool = _device_pool(cfg, gpus, len(names) * max(len(folds), 1))
     step = train_backbone.with_options(retries=cfg.training.retries)
     futures = {}
     with _ray_resources(cfg, gpus):
         for name in names:
-            out_dir = cfg.path(cfg.training.models_out) / name
-            futures[name] = step.submit(name, params, str(out_dir), parent_run_id, pool)
+            for number, split_file in folds or [None]:
+                key = name if number is None else f"{fold_label(number)}/{name}"
+                out_dir = cfg.path(cfg.training.models_out) / key
+                fold = None if number is None else (number, split_file)
+                futures[key] = step.submit(name, params, str(out_dir), parent_run_id, pool, fold)
     wait(list(futures.values()))
     results, failures = {}, {}
     for name, future in futures.items():

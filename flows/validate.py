@@ -47,9 +47,12 @@ def run_suites(
     fractions: Mapping[str, float],
     mode: str,
     docs_dir: Path,
+    folds: int = 0,
 ) -> ValidationReport:
     """Validate every suite and write the results page."""
-    return runner.run_validation(manifest, split, pixels, cfg, classes, fractions, mode, docs_dir)
+    return runner.run_validation(
+        manifest, split, pixels, cfg, classes, fractions, mode, docs_dir, folds=folds
+    )
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -73,7 +76,8 @@ def validate(params: str = "params.yaml") -> ValidationReport:
     """Validate the processed data and the split; fail on bad data.
 
     Args:
-        params: path to params.yaml (sections validation, split, ingest, classes).
+        params: path to params.yaml (sections validation, split, ingest, classes); with
+            split.folds, the split is checked fold by fold.
 
     Returns:
         The report of every suite.
@@ -93,9 +97,10 @@ def validate(params: str = "params.yaml") -> ValidationReport:
         pixels,
         cfg.validation,
         cfg.classes,
-        cfg.split.fractions(),
+        cfg.split.view_fractions(),
         cfg.split.mode,
         cfg.path(cfg.validation.docs_out),
+        cfg.split.folds,
     )
     write_summary(report, cfg.path(cfg.validation.summary_out))
     publish(report)

@@ -63,7 +63,10 @@ def _split(args: argparse.Namespace, cfg: Config) -> int:
     from components.data.split import write_split
 
     outcome = write_split(cfg, args.mode)
-    print(f"{outcome.mode}-level split written to {outcome.path}\n{outcome.table.to_string()}")
+    kind = (
+        f"{outcome.folds}-fold {outcome.mode}-level" if outcome.folds else f"{outcome.mode}-level"
+    )
+    print(f"{kind} split written to {outcome.path}\n{outcome.table.to_string()}")
     return 0
 
 

@@ -31,6 +31,7 @@ from components.checks.results import ExpectationOutcome, SuiteOutcome, Validati
 from components.checks.suites import manifest_suite, pixel_suite, split_suite
 from components.checks.tables import prepare_manifest, prepare_split
 from components.config import ValidationConfig
+from components.data.split import FOLD_COLUMN
 
 EXAMPLE_ROWS = 3
 
@@ -66,6 +67,8 @@ def _outcome(result: ExpectationValidationResult, max_examples: int) -> Expectat
     column = kwargs.get("column")
     if column is None and "column_A" in kwargs:
         column = f"{kwargs['column_A']},{kwargs['column_B']}"
+    if column is None and "column_list" in kwargs:
+        column = ",".join(kwargs["column_list"])
     examples = details.get("partial_unexpected_index_list") or [
         {"value": v} for v in details.get("partial_unexpected_list") or []
     ]
@@ -118,6 +121,7 @@ def run_validation(
     mode: str,
     docs_dir: Path,
     max_examples: int = EXAMPLE_ROWS,
+    folds: int = 0,
 ) -> ValidationReport:
     """Validate manifest, pixel statistics and split, and write the results page
     (`validation_page`: self-contained, unlike Data Docs, which need the internet).
@@ -128,10 +132,13 @@ def run_validation(
         pixels: the output of `pixel_stats` for this manifest.
         cfg: the validation thresholds.
         classes: the class labels, params.yaml `classes`.
-        fractions: the intended share of each split, `SplitConfig.fractions()`.
+        fractions: the intended share of each split (of each fold's split with `folds`),
+            `SplitConfig.view_fractions()`.
         mode: the split mode, "patient" or "image".
         docs_dir: folder of the results page; emptied first if it holds an earlier one.
         max_examples: offending rows kept per failed expectation.
+        folds: params split.folds: k >= 3 for a cross-validation split (one row per image
+            and fold), 0 for a single split.
 
     Returns:
         The outcome of each suite, in the order manifest, pixels, split.
@@ -146,7 +153,10 @@ def run_validation(
     tables = {
         "manifest": (prepare_manifest(manifest), manifest_suite(cfg, classes)),
         "pixels": (pixels, pixel_suite(cfg)),
-        "split": (prepare_split(split, manifest, mode), split_suite(cfg, classes, fractions, mode)),
+        "split": (
+            prepare_split(split, manifest, mode),
+            split_suite(cfg, classes, fractions, mode, folds),
+        ),
     }
     run_id = RunIdentifier(run_name="myelomet-validate", run_time=datetime.now(UTC))
     outcomes = []
@@ -160,7 +170,7 @@ def run_validation(
             result_format={
                 "result_format": "SUMMARY",
                 "unexpected_index_column_names": [
-                    c for c in ("image_id", "patient", "split") if c in frame
+                    c for c in ("image_id", FOLD_COLUMN, "patient", "split") if c in frame
                 ],
             },
             run_id=run_id,

@@ -2,8 +2,10 @@
 
 Three suites, `manifest`, `pixels` and `split`, each validated against one pandas table of
 `components.checks.tables` (the manifest, the pixel statistics, the split joined with the
-manifest). Every expectation carries a stable check name in `meta["check"]`; results,
-messages and tests refer to it.
+manifest). The split suite has two forms: a single split, and a cross-validation split
+(`split.folds` k >= 3, one row per image and fold), whose checks hold within each fold.
+Every expectation carries a stable check name in `meta["check"]`; results, messages and
+tests refer to it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from great_expectations.expectations.row_conditions import Column
 
 from components.checks.phi import ExpectNoPhiColumns
 from components.config import ValidationConfig
-from components.data.split import SPLITS
+from components.data.split import FOLD_COLUMN, SPLITS
 
 SUITES = ("manifest", "pixels", "split")
 MANIFEST_REQUIRED = (
@@ -232,25 +234,28 @@ def split_suite(
     classes: Sequence[str],
     fractions: Mapping[str, float],
     mode: str,
+    folds: int = 0,
 ) -> gx.ExpectationSuite:
     """The expectations on the split joined with the manifest (see `components.checks.tables`).
 
     Args:
         cfg: the validation thresholds.
         classes: the class labels, params.yaml `classes`.
-        fractions: the intended share of each split, `SplitConfig.fractions()`.
+        fractions: the intended share of each split (of one fold's split with `folds`),
+            `SplitConfig.view_fractions()`.
         mode: "patient" or "image", the split mode; patient leakage is checked in patient
             mode only.
+        folds: k >= 3 for a cross-validation split of k folds (one row per image and fold),
+            0 for a single split.
 
     Returns:
         The suite named "split".
     """
     classes = list(classes)
-    tol = cfg.split_tolerance
-    unit = "patients" if mode == "patient" else "images"
+    required = [*SPLIT_REQUIRED, FOLD_COLUMN] if folds else SPLIT_REQUIRED
     e: list[gxe.Expectation] = [
         gxe.ExpectColumnToExist(column=col, **_tag("has_column", f"column {col}"))
-        for col in SPLIT_REQUIRED
+        for col in required
     ]
     e += [
         ExpectNoPhiColumns(
@@ -262,10 +267,9 @@ def split_suite(
         gxe.ExpectColumnValuesToNotBeNull(
             column="split", **_tag("image_in_split", "every manifest image is in a split")
         ),
-        gxe.ExpectColumnValuesToBeUnique(
-            column="image_id",
-            **_tag("image_in_one_split", "every image is in exactly one split (image_id unique)"),
-        ),
+    ]
+    e += _fold_membership(folds) if folds else _single_membership()
+    e += [
         gxe.ExpectColumnValuesToBeInSet(
             column="in_manifest",
             value_set=[True],
@@ -290,6 +294,59 @@ def split_suite(
             **_tag("patient_matches_manifest", "patient equals the manifest's patient"),
         ),
     ]
+    if folds:
+        e += _fold_balance(cfg, classes, fractions, folds)
+    else:
+        e += _single_balance(cfg, classes, fractions, mode)
+    return gx.ExpectationSuite(name="split", expectations=e)
+
+
+def _single_membership() -> list[gxe.Expectation]:
+    """A single split: each image in it once."""
+    return [
+        gxe.ExpectColumnValuesToBeUnique(
+            column="image_id",
+            **_tag("image_in_one_split", "every image is in exactly one split (image_id unique)"),
+        )
+    ]
+
+
+def _fold_membership(folds: int) -> list[gxe.Expectation]:
+    """A cross-validation split: each image once in each of the folds, the folds named
+    0 to k - 1."""
+    return [
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["image_id", FOLD_COLUMN],
+            **_tag(
+                "image_in_one_split",
+                "every image is in exactly one split of each fold ((image_id, fold) unique)",
+            ),
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="image_folds",
+            min_value=folds,
+            max_value=folds,
+            **_tag(
+                "image_in_every_fold",
+                f"every manifest image is in each of the {folds} folds (image_folds {folds})",
+            ),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=FOLD_COLUMN,
+            value_set=list(range(folds)),
+            **_tag("fold_name", f"fold in 0..{folds - 1} (split.folds {folds})"),
+        ),
+    ]
+
+
+def _single_balance(
+    cfg: ValidationConfig, classes: list[str], fractions: Mapping[str, float], mode: str
+) -> list[gxe.Expectation]:
+    """A single split: no patient leakage (patient mode), every class and the intended
+    share of patients (or images) in each split."""
+    tol = cfg.split_tolerance
+    unit = "patients" if mode == "patient" else "images"
+    e: list[gxe.Expectation] = []
     if mode == "patient":
         e.append(
             gxe.ExpectColumnValuesToBeBetween(
@@ -323,4 +380,61 @@ def split_suite(
                 ),
             )
         )
-    return gx.ExpectationSuite(name="split", expectations=e)
+    return e
+
+
+def _fold_balance(
+    cfg: ValidationConfig, classes: list[str], fractions: Mapping[str, float], folds: int
+) -> list[gxe.Expectation]:
+    """A cross-validation split: no patient in two splits of a fold, every patient tested
+    in one fold, every class in each split of each fold, and each split's share of its
+    fold's patients."""
+    tol = cfg.split_tolerance
+    e: list[gxe.Expectation] = [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="patient_splits",
+            max_value=1,
+            **_tag(
+                "patient_in_one_split",
+                "no patient in two splits of a fold (patient_splits at most 1)",
+            ),
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="patient_test_folds",
+            min_value=1,
+            max_value=1,
+            **_tag(
+                "patient_tested_once",
+                "every patient is in test in exactly one fold (patient_test_folds 1)",
+            ),
+        ),
+    ]
+    for fold in range(folds):
+        for s in SPLITS:
+            e.append(
+                gxe.ExpectColumnDistinctValuesToContainSet(
+                    column="label",
+                    value_set=classes,
+                    row_condition=(Column(FOLD_COLUMN) == fold) & (Column("split") == s),
+                    **_tag(
+                        "split_has_all_classes",
+                        f"fold {fold} split {s} holds every class {classes}",
+                    ),
+                )
+            )
+    for s in SPLITS:
+        f = fractions[s]
+        e.append(
+            gxe.ExpectColumnValuesToBeBetween(
+                column="split_fraction",
+                min_value=max(f - tol, 0.0),
+                max_value=min(f + tol, 1.0),
+                row_condition=Column("split") == s,
+                **_tag(
+                    "split_fraction",
+                    f"split {s} of each fold holds {f:.4g} ± {tol:g} of the fold's patients "
+                    "(split_fraction)",
+                ),
+            )
+        )
+    return e

@@ -9,6 +9,12 @@
   `manifest_patient`, `manifest_label`, `patient_splits` (distinct splits of the row's
   patient) and `split_fraction` (share of patients, or of images in image mode, of the
   row's split).
+
+  With cross-validation folds (a `fold` column: one split row per image and fold) the
+  split columns are per fold: `patient_splits` counts the splits of the row's patient
+  within the row's fold, `split_fraction` the share of the fold's patients in the row's
+  split; and two columns are added: `image_folds` (distinct folds holding the row's
+  image) and `patient_test_folds` (folds in which the row's patient is in test).
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
+
+from components.data.split import FOLD_COLUMN
 
 
 def read_tables(manifest_path: Path, split_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -85,6 +93,8 @@ def prepare_split(split: pd.DataFrame, manifest: pd.DataFrame, mode: str) -> pd.
     for col in ("patient", "label"):
         if col in frame:
             frame[col] = frame[col].fillna(frame[f"manifest_{col}"])
+    if FOLD_COLUMN in frame:
+        return _per_fold_columns(frame).reset_index(drop=True)
     if {"patient", "split"} <= set(frame.columns):
         frame["patient_splits"] = frame.groupby("patient")["split"].transform("nunique")
         key = "patient" if mode == "patient" else "image_id"
@@ -92,6 +102,25 @@ def prepare_split(split: pd.DataFrame, manifest: pd.DataFrame, mode: str) -> pd.
         share = assigned.groupby("split")[key].nunique() / max(assigned[key].nunique(), 1)
         frame["split_fraction"] = frame["split"].map(share)
     return frame.reset_index(drop=True)
+
+
+def _per_fold_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The check columns of a cross-validation split (see the module docstring); rows
+    outside any fold (manifest images missing from the split) get none but
+    `image_folds` 0 and their patient's `patient_test_folds`."""
+    fold = FOLD_COLUMN
+    frame["image_folds"] = frame.groupby("image_id")[fold].transform("nunique")
+    if not {"patient", "split"} <= set(frame.columns):
+        return frame
+    frame["patient_splits"] = frame.groupby([fold, "patient"])["split"].transform("nunique")
+    tested = frame[frame["split"] == "test"].groupby("patient")[fold].nunique()
+    frame["patient_test_folds"] = frame["patient"].map(tested).fillna(0).astype(int)
+    assigned = frame.dropna(subset=["split", fold])
+    per_split = assigned.groupby([fold, "split"])["patient"].nunique()
+    share = per_split.div(assigned.groupby(fold)["patient"].nunique(), level=fold)
+    keys = pd.MultiIndex.from_frame(frame[[fold, "split"]])
+    frame["split_fraction"] = share.reindex(keys).to_numpy()
+    return frame
 
 
 def _slice_stats(path: Path, bone_hu: float) -> dict[str, Any]:

@@ -70,6 +70,10 @@ class CandidateResult:
         """The rows scored at a split and level: slices, or one per patient (patient, y, p)."""
         return _level_rows(self.predictions, split, level)
 
+    def scored_rows(self, split: str, level: str) -> pd.DataFrame:
+        """`rows` with the `threshold` each row is called at (see `scored_rows`)."""
+        return scored_rows(self.predictions, split, level, self.thresholds[level])
+
 
 @dataclass(frozen=True)
 class EvaluationResults:
@@ -85,6 +89,8 @@ class EvaluationResults:
         comparisons: every pair of candidates, in ranking order, on test.
         n_bootstrap: resamples per interval.
         confidence: coverage of the intervals.
+        fold_results: with cross-validation, each fold's own results, pooled into these
+            (`crossval.cross_validate`); empty for a single split.
     """
 
     candidates: dict[str, CandidateResult]
@@ -96,6 +102,7 @@ class EvaluationResults:
     comparisons: tuple[Comparison, ...]
     n_bootstrap: int
     confidence: float
+    fold_results: tuple[EvaluationResults, ...] = ()
 
 
 def load_predictions(
@@ -202,6 +209,25 @@ def _level_rows(frame: pd.DataFrame, split: str, level: str) -> pd.DataFrame:
     return aggregate_patients(rows["patient"], rows["y"], rows["p"])
 
 
+def threshold_column(level: str) -> str:
+    """The predictions' column of per-row thresholds (pooled cross-validation folds)."""
+    return f"threshold_{level}"
+
+
+def scored_rows(frame: pd.DataFrame, split: str, level: str, threshold: float) -> pd.DataFrame:
+    """The rows of a split at a level, with the `threshold` each is called at: `threshold`,
+    or where the frame carries `threshold_column(level)` (cross-validation folds pooled, each
+    at the threshold its fold chose) that row's, or that patient's."""
+    rows = _level_rows(frame, split, level)
+    column = threshold_column(level)
+    if column not in frame:
+        return rows.assign(threshold=float(threshold))
+    if level == "slice":
+        return rows.assign(threshold=rows[column].to_numpy(float))
+    own = frame[frame["split"] == split].drop_duplicates("patient").set_index("patient")[column]
+    return rows.assign(threshold=rows["patient"].map(own).to_numpy(float))
+
+
 def _level_metrics(
     rows: pd.DataFrame, threshold: float, n_bootstrap: int, confidence: float, bins: int, seed: int
 ) -> dict[str, Estimate]:
@@ -217,7 +243,8 @@ def _level_metrics(
     )
 
 
-def _counts(frame: pd.DataFrame) -> dict[str, int]:
+def counts(frame: pd.DataFrame) -> dict[str, int]:
+    """Slices, patients and positive patients of a frame with patient and y."""
     patients = frame.drop_duplicates("patient")
     return {
         "n_slices": len(frame),
@@ -277,7 +304,7 @@ def evaluate_candidate(
         members=tuple(members) if members else (name,),
         thresholds=thresholds,
         metrics=metrics,
-        counts={split: _counts(_level_rows(frame, split, "slice")) for split in SPLITS},
+        counts={split: counts(_level_rows(frame, split, "slice")) for split in SPLITS},
         reliability=reliability,
         predictions=frame,
     )

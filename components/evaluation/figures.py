@@ -168,7 +168,8 @@ def confusion_grid(
         ax.set_xlabel("Predicted")
         ax.set_ylabel("Actual")
         threshold = results.candidates[name].thresholds[level]
-        ax.set_title(f"{name}\nthreshold {threshold:.2f}", fontsize=10)
+        cut = "each fold's threshold" if results.fold_results else f"threshold {threshold:.2f}"
+        ax.set_title(f"{name}\n{cut}", fontsize=10)
     fig.suptitle(f"Confusion matrices, {SPLIT_LABELS[split]} set, {level} level")
     return fig
 

@@ -339,7 +339,7 @@ def bootstrap_metrics(
     y: ArrayLike,
     p: ArrayLike,
     patients: ArrayLike,
-    threshold: float,
+    threshold: float | np.ndarray,
     *,
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
@@ -356,7 +356,8 @@ def bootstrap_metrics(
         y: 1 for the positive class, 0 otherwise, per row.
         p: probability of the positive class, per row.
         patients: patient id of each row; the unit that is resampled.
-        threshold: decision threshold for the threshold metrics.
+        threshold: decision threshold for the threshold metrics, or one per row (pooled
+            cross-validation folds, each at the threshold its fold chose).
         n_bootstrap: number of resamples.
         confidence: coverage of the interval, e.g. 0.95.
         n_bins: calibration bins for the ECE.
@@ -373,9 +374,12 @@ def bootstrap_metrics(
     y_arr = binary_labels(y)
     p_arr = probabilities(p, len(y_arr))
     pts = group_by_patient(y_arr, patients)
+    cut = np.asarray(threshold, dtype=float)
+    if cut.ndim and cut.shape != y_arr.shape:
+        raise ValueError(f"{cut.size} thresholds for {y_arr.size} rows; give one, or one per row")
     counts = resample_patients(pts.labels, n_bootstrap, seed, stratify)
-    point = all_stats(y_arr, p_arr, threshold, pts, np.ones((1, pts.n)), n_bins)[0]
-    samples = all_stats(y_arr, p_arr, threshold, pts, counts, n_bins)
+    point = all_stats(y_arr, p_arr, cut, pts, np.ones((1, pts.n)), n_bins)[0]
+    samples = all_stats(y_arr, p_arr, cut, pts, counts, n_bins)
     return {
         name: Estimate(float(point[i]), *percentile_interval(samples[:, i], confidence))
         for i, name in enumerate(ALL_METRICS)

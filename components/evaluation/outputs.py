@@ -15,6 +15,7 @@ from mlflow.entities import DatasetInput
 
 from components.artifacts import COMPARISONS_FILE, EVALUATION_METRICS_FILE
 from components.evaluation.candidates import SPLITS, CandidateResult, EvaluationResults
+from components.evaluation.crossval import fold_spread
 from components.evaluation.metrics import Estimate, roc_curve
 from components.metric_names import LEVELS, parse_metric_name
 from components.tracking import Store, candidate_run, log_run_metrics
@@ -52,11 +53,15 @@ def to_metrics_json(results: EvaluationResults) -> dict:
         "n_positive_patients", level: {metric: {"value", "ci_low", "ci_high"}}}}},
         "selection": {"selected", "metric", "ensemble_members", "value", "ci_low",
         "ci_high"}, "bootstrap": {"n", "confidence", "unit"}}; the selection's value and
-        interval are the selected candidate's on validation.
+        interval are the selected candidate's on validation. With cross-validation the
+        candidates' metrics are the pooled out-of-fold ones, and "cross_validation":
+        {"folds": k, "test_auc": {name: {level: {"fold <f>", "mean", "sd"}}}} adds the
+        per-fold spread.
     """
     level, metric = parse_metric_name(results.select_metric)
     chosen = results.candidates[results.selected].metrics["val"][level][metric]
     return {
+        **_cross_validation_json(results),
         "candidates": {name: _candidate_json(c) for name, c in results.candidates.items()},
         "selection": {
             "selected": results.selected,
@@ -71,6 +76,23 @@ def to_metrics_json(results: EvaluationResults) -> dict:
             "unit": "patient",
         },
     }
+
+
+def _cross_validation_json(results: EvaluationResults) -> dict:
+    spread = fold_spread(results)
+    if spread.empty:
+        return {}
+    per_candidate = {}
+    for row in spread.to_dict("records"):
+        per_candidate[row["candidate"]] = {
+            level: {
+                key.removeprefix(f"{level} "): _number(value)
+                for key, value in row.items()
+                if key.startswith(f"{level} ") and not key.endswith("pooled")
+            }
+            for level in LEVELS
+        }
+    return {"cross_validation": {"folds": len(results.fold_results), "test_auc": per_candidate}}
 
 
 def comparisons_table(results: EvaluationResults) -> pd.DataFrame:
@@ -123,7 +145,8 @@ def roc_plot_data(
 def confusion_plot_data(
     results: EvaluationResults, split: str = "test", level: str = "patient"
 ) -> pd.DataFrame:
-    """Actual and predicted class of every row at the candidate's validation threshold.
+    """Actual and predicted class of every row at the candidate's validation threshold (with
+    cross-validation, its fold's).
 
     Returns:
         Columns candidate, actual, predicted (class names), one row per slice or patient.
@@ -135,8 +158,8 @@ def confusion_plot_data(
     positive, negative = results.classes
     parts = []
     for name, candidate in results.candidates.items():
-        rows = candidate.rows(split, level)
-        called = rows["p"].to_numpy() >= candidate.thresholds[level]
+        rows = candidate.scored_rows(split, level)
+        called = rows["p"].to_numpy() >= rows["threshold"].to_numpy()
         parts.append(
             pd.DataFrame(
                 {
@@ -233,7 +256,14 @@ def log_candidate_runs(
     with the data it was measured on as the run's inputs; candidate -> run id."""
     runs = {}
     for name, candidate in results.candidates.items():
-        runs[name] = candidate_run(store, parent_run_id, name, candidate.members, datasets)
+        runs[name] = candidate_run(
+            store,
+            parent_run_id,
+            name,
+            candidate.members,
+            datasets,
+            cross_validated=bool(results.fold_results),
+        )
         log_run_metrics(store, runs[name], run_metrics(candidate))
     return runs
 

@@ -18,6 +18,7 @@ from components.artifacts import (
 )
 from components.config import Config
 from components.evaluation.candidates import ENSEMBLE, EvaluationResults, evaluate, load_predictions
+from components.evaluation.crossval import cross_validate
 from components.evaluation.figures import save_png
 from components.evaluation.report import (
     DataSummary,
@@ -27,6 +28,7 @@ from components.evaluation.report import (
     load_weights_info,
 )
 from components.registry.promotion import RegistryOutcome
+from components.training.folds import existing_folds, fold_config
 
 
 def _evaluate(
@@ -47,10 +49,29 @@ def _evaluate(
 
 
 def evaluate_study(cfg: Config, backbones: list[str]) -> EvaluationResults:
-    """Score every trained backbone and the ensemble on validation and test."""
+    """Score every trained backbone and the ensemble on validation and test; with
+    cross-validation, in every fold, then pooled out of fold (`crossval.cross_validate`)."""
+    folds = existing_folds(cfg)
+    if folds:
+        e = cfg.evaluation
+        return cross_validate(
+            [evaluate_study(fold.cfg, backbones) for fold in folds],
+            n_bootstrap=e.n_bootstrap,
+            confidence=e.confidence,
+            calibration_bins=e.calibration_bins,
+            seed=e.seed,
+        )
     models = cfg.path(cfg.training.models_out)
     predictions = load_predictions(models, backbones, cfg.positive_class)
     return _evaluate(cfg, predictions, cfg.evaluation.ensemble_top_k)
+
+
+def _first_fold(cfg: Config, results: EvaluationResults) -> tuple[Config, EvaluationResults]:
+    """With cross-validation, the configuration and results of fold 0, whose models the
+    report shows (Grad-CAM, weights, training curves); else both unchanged."""
+    if not results.fold_results:
+        return cfg, results
+    return fold_config(cfg, 0), results.fold_results[0]
 
 
 def leakage_comparison(cfg: Config, results: EvaluationResults) -> LeakageComparison | None:
@@ -76,7 +97,9 @@ def gradcam_png(cfg: Config, results: EvaluationResults, out: Path) -> Path | No
 
     if cfg.evaluation.gradcam_per_class == 0:
         return None
-    name = results.selected if results.selected != ENSEMBLE else results.ensemble_members[0]
+    selected, fold = results.selected, " (fold 0)" if results.fold_results else ""
+    cfg, results = _first_fold(cfg, results)
+    name = selected if selected != ENSEMBLE else results.ensemble_members[0]
     folder = cfg.path(cfg.training.models_out) / name
     size = json.loads((folder / METRICS_FILE).read_text())["image_size"]
     predictions = pd.read_csv(folder / PREDICTIONS_FILE, dtype={"image_id": str})
@@ -94,7 +117,7 @@ def gradcam_png(cfg: Config, results: EvaluationResults, out: Path) -> Path | No
         display_window=cfg.input.channel_windows()[0],
         classes=cfg.classes,
         positive_class=cfg.positive_class,
-        title=f"Grad-CAM: {name}",
+        title=f"Grad-CAM: {name}{fold}",
         crop=cfg.input.crop,
     )
     return save_png(figure, out)
@@ -108,9 +131,11 @@ def study_inputs(
     gradcam: Path | None,
     run_info: Mapping[str, str],
 ) -> StudyInputs:
-    """Everything the study page needs, read from the pipeline's outputs."""
-    models = cfg.path(cfg.training.models_out)
-    split = pd.read_csv(cfg.path(cfg.split.out), dtype=str)
+    """Everything the study page needs, read from the pipeline's outputs (with
+    cross-validation the data table, weights and curves are fold 0's)."""
+    shown, _ = _first_fold(cfg, results)
+    models = shown.path(shown.training.models_out)
+    split = pd.read_csv(shown.path(shown.split.out), dtype=str)
     rejects_path = cfg.path(cfg.ingest.out) / REJECTS_FILE
     rejects = pd.read_csv(rejects_path, dtype=str) if rejects_path.is_file() else None
     return StudyInputs(

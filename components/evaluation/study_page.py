@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from components.evaluation.candidates import EvaluationResults
+from components.evaluation.candidates import ENSEMBLE, EvaluationResults
+from components.evaluation.crossval import fold_spread
 from components.evaluation.figures import FIGURES, write_figures
 from components.evaluation.metrics import Estimate
 from components.evaluation.outputs import comparisons_table
@@ -109,6 +110,17 @@ def _overview(r: EvaluationResults) -> dict[str, object]:
     return {"rows": rows, "classes": _row_marks(r)}
 
 
+def _members(r: EvaluationResults, name: str) -> list[str] | None:
+    """What a candidate averages (None for a lone backbone); with cross-validation, per fold."""
+    if r.fold_results:
+        per_fold = [fold.candidates[name].members for fold in r.fold_results]
+        if all(members == (name,) for members in per_fold):
+            return None
+        return [f"fold {f}: {' + '.join(members)}" for f, members in enumerate(per_fold)]
+    members = r.candidates[name].members
+    return None if members == (name,) else list(members)
+
+
 def _card(r: EvaluationResults, name: str) -> dict[str, object]:
     candidate = r.candidates[name]
     test = candidate.metrics["test"]
@@ -116,7 +128,7 @@ def _card(r: EvaluationResults, name: str) -> dict[str, object]:
     counts = candidate.counts["test"]
     return {
         "name": name,
-        "members": None if candidate.members == (name,) else list(candidate.members),
+        "members": _members(r, name),
         "chosen": name == r.selected,
         "rows": [
             [
@@ -141,12 +153,12 @@ def _selection(r: EvaluationResults) -> dict[str, object]:
     return {
         "selected": r.selected,
         "value": format_estimate(r.candidates[r.selected].metrics["val"][level][metric]),
-        "ensemble_members": list(r.ensemble_members),
+        "ensemble_members": (_members(r, ENSEMBLE) or []) if r.ensemble_members else [],
         "rows": [
             [
                 rank,
                 name,
-                ", ".join(r.candidates[name].members),
+                "; ".join(_members(r, name) or [name]),
                 format_estimate(r.candidates[name].metrics["val"][level][metric]),
                 format_estimate(r.candidates[name].metrics["test"][level][metric]),
             ]
@@ -161,6 +173,38 @@ def _selection(r: EvaluationResults) -> dict[str, object]:
             ]
             for m in (*METRICS, "brier", "ece")
         ],
+    }
+
+
+def _cross_validation(r: EvaluationResults) -> dict[str, object] | None:
+    """The per-fold spread of the test AUC beside the pooled value; None for one split."""
+    spread = fold_spread(r)
+    if spread.empty:
+        return None
+    folds = len(r.fold_results)
+    rows = []
+    for row in spread.to_dict("records"):
+        pooled = r.candidates[row["candidate"]].metrics["test"]
+        rows.append(
+            [
+                row["candidate"],
+                *(format_value(row[f"patient fold {f}"], 2) for f in range(folds)),
+                f"{format_value(row['patient mean'], 2)} ± {format_value(row['patient sd'], 2)}",
+                format_estimate(pooled["patient"]["auc"]),
+                format_estimate(pooled["slice"]["auc"]),
+            ]
+        )
+    return {
+        "folds": folds,
+        "head": [
+            "Candidate",
+            *(f"Fold {f}" for f in range(folds)),
+            "Mean ± SD",
+            "Pooled patient AUC",
+            "Pooled slice AUC",
+        ],
+        "rows": rows,
+        "classes": _row_marks(r),
     }
 
 
@@ -318,6 +362,7 @@ def study_page(inputs: StudyInputs, figures: Mapping[str, str | Path]) -> str:
             overview=_overview(r),
             cards=[_card(r, name) for name in r.ranking],
             selection=_selection(r),
+            cross_validation=_cross_validation(r),
             comparisons=_comparisons(r),
             leakage=_leakage(inputs.leakage),
             weights=_weights(inputs.weights),

@@ -104,7 +104,7 @@ def per_patient(values: np.ndarray, pts: Patients) -> np.ndarray:
 
 
 def confusion(
-    y: np.ndarray, p: np.ndarray, threshold: float, pts: Patients, weights: np.ndarray
+    y: np.ndarray, p: np.ndarray, threshold: float | np.ndarray, pts: Patients, weights: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Weighted tp, fp, tn, fn (positive when p >= threshold), one value per row of weights."""
     pred = (p >= threshold).astype(np.float64)
@@ -189,7 +189,7 @@ def calibration_stats(
 def all_stats(
     y: np.ndarray,
     p: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     pts: Patients,
     weights: np.ndarray,
     n_bins: int,

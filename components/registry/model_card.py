@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from components.config import Config
+from components.data.split import FOLD_COLUMN
 from components.evaluation.candidates import CandidateResult, EvaluationResults
 from components.evaluation.report import METRIC_LABELS, format_estimate
 from components.markdown import table
@@ -25,13 +26,33 @@ CARD_FILE = "model_card.md"
 
 
 def _cohort_table(split: pd.DataFrame, classes: tuple[str, ...]) -> str:
+    """Patients and slices per split; with cross-validation, those each fold tests."""
+    if FOLD_COLUMN in split:
+        test = split[split["split"] == "test"]
+        parts = [(f"fold {f} test", rows) for f, rows in test.groupby(FOLD_COLUMN, sort=True)]
+    else:
+        parts = [(part, split[split["split"] == part]) for part in ("train", "val", "test")]
     rows = []
-    for part in ("train", "val", "test"):
-        rows_of = split[split["split"] == part]
+    for name, rows_of in parts:
         cells = [f"{rows_of[rows_of['label'] == c]['patient'].nunique()}" for c in classes]
-        rows.append([part, *cells, rows_of["patient"].nunique(), len(rows_of)])
+        rows.append([name, *cells, rows_of["patient"].nunique(), len(rows_of)])
     header = ["split", *(f"{c} patients" for c in classes), "patients", "slices"]
     return table(header, rows)
+
+
+def _split_line(cfg: Config) -> str:
+    s = cfg.split
+    stratified = f"stratified by label and {', '.join(s.stratify) or 'nothing else'}"
+    if s.folds:
+        return (
+            f"- Split: patient-level {s.folds}-fold cross-validation, seed {s.seed}, "
+            f"{stratified}; fold f tests its patients, validates on fold f+1 and trains on "
+            "the rest, so every patient is tested once, out of fold"
+        )
+    return (
+        f"- Split: {s.mode}-level, train/val/test {s.train:g}/{s.val:g}/{s.test:g}, "
+        f"seed {s.seed}, {stratified}"
+    )
 
 
 def _results_table(candidate: CandidateResult) -> str:
@@ -70,6 +91,10 @@ def model_card(
     )
     thresholds = ", ".join(f"{level} {chosen.thresholds[level]:.3f}" for level in LEVELS)
     ci = f"{results.confidence:.0%} CI, {results.n_bootstrap} patient-bootstrap resamples"
+    folds = len(results.fold_results)
+    if folds:
+        thresholds += f" (the median of the {folds} folds' own)"
+        ci = f"out of fold, {folds} folds pooled, {ci}"
     data = (
         "the synthetic demo cohort (`myelomet synthesize`): no real patient"
         if synthetic
@@ -77,8 +102,10 @@ def model_card(
     )
     limits = [
         "Research use only: not a medical device, not validated for diagnosis or treatment.",
-        "Single site and single split: no external validation; the intervals are wide for a "
-        "small test set.",
+        "Single site: no external validation; the intervals are wide for a small cohort."
+        if folds
+        else "Single site and single split: no external validation; the intervals are wide "
+        "for a small test set.",
         "2-D slices without 3-D context or clinical data; thresholds set on this validation "
         "set may not transfer to other scanners or populations.",
     ]
@@ -100,6 +127,14 @@ def model_card(
             "",
             "## Model",
             f"- Candidate: **{chosen.name}** (backbones {', '.join(members)})",
+            *(
+                [
+                    f"- The fold ensemble: the mean probability of the {len(members)} models "
+                    f"the {folds} folds trained, each on its own training patients"
+                ]
+                if folds
+                else []
+            ),
             f"- Weights: {provenance}",
             f"- Keras backend: {tags.get('keras_backend', 'unknown')}",
             f"- Thresholds, chosen on validation: {thresholds}",
@@ -107,9 +142,7 @@ def model_card(
             "## Data",
             f"- Source: {data}",
             f"- Data version: `{tags['data_version']}`",
-            f"- Split: {cfg.split.mode}-level, train/val/test "
-            f"{cfg.split.train:g}/{cfg.split.val:g}/{cfg.split.test:g}, seed {cfg.split.seed}, "
-            f"stratified by label and {', '.join(cfg.split.stratify) or 'nothing else'}",
+            _split_line(cfg),
             "",
             _cohort_table(split, cfg.classes),
             "",

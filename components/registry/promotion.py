@@ -48,6 +48,7 @@ from components.tracking import (
     resolve_store,
     store_folder,
 )
+from components.training.batches import data_paths, data_version
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -329,6 +330,8 @@ def register_selected(
 
     The new version is compared on params `evaluation.select_metric` at test; a champion
     tested on another data version is re-scored on the current test slices (read only then).
+    With cross-validation the version is the selected candidate's fold ensemble
+    (`crossval.pool_candidate`) and its test value the pooled out-of-fold one.
 
     Args:
         cfg: the parsed params.yaml.
@@ -355,6 +358,7 @@ def register_selected(
         chosen.thresholds,
         root=cfg.root,
         crop=cfg.input.crop,
+        data_version=data_version(*data_paths(cfg)) if results.fold_results else None,
     )
     test = chosen.metrics["test"]
     metric = cfg.evaluation.select_metric

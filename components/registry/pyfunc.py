@@ -194,8 +194,9 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def _model_key(backbone: str) -> str:
-    return f"keras_{backbone}"
+def _model_key(member: str) -> str:
+    """A member's artifact name: `keras_<backbone>`, a fold model's `keras_fold-<f>.<backbone>`."""
+    return f"keras_{member.replace('/', '.')}"
 
 
 def signature(probability_key: str) -> ModelSignature:
@@ -274,6 +275,7 @@ def log_candidate(
     thresholds: Mapping[str, float],
     root: Path | None = None,
     crop: float = 1.0,
+    data_version: str | None = None,
 ) -> LoggedCandidate:
     """Log a candidate as the pyfunc in its run of the study (`tracking.candidate_run`).
 
@@ -284,7 +286,8 @@ def log_candidate(
         store: the MLflow store.
         parent_run_id: the study's run; the registration run is its child.
         candidate: the evaluated candidate (a backbone or `ensemble`).
-        members: its backbones (EvaluationResults.candidates[name].members).
+        members: its models (EvaluationResults.candidates[name].members): backbones, or
+            with cross-validation fold models `fold-<f>/<backbone>`.
         models_dir: the training output folder, `<models_dir>/<backbone>/model.keras`.
         windows: the channel windows (InputConfig.channel_windows()).
         classes: params `classes`, the order of the softmax outputs.
@@ -292,6 +295,8 @@ def log_candidate(
         thresholds: level -> threshold chosen on validation (CandidateResult.thresholds).
         root: project root, for the git commit tag.
         crop: the centre crop of the inputs (InputConfig.crop).
+        data_version: with cross-validation, the version of the whole split (the fold
+            models each trained on their fold's); the members must then be fold models.
 
     Returns:
         The logged model's URI, the candidate's run and the tags for its model version.
@@ -304,7 +309,11 @@ def log_candidate(
     models_dir = Path(models_dir)
     info = {b: _member_metrics(models_dir, b) for b in members}
     versions = {m["data_version"] for m in info.values()}
-    if len(versions) != 1:
+    if data_version is not None:
+        if not all(m.startswith("fold-") for m in members):
+            raise ValueError(f"members {list(members)} are not fold models (fold-<f>/<backbone>)")
+        versions = {data_version}
+    elif len(versions) != 1:
         raise ValueError(
             f"members {list(members)} were trained on different data versions {sorted(versions)}; "
             "retrain them on the same split"
@@ -331,7 +340,9 @@ def log_candidate(
         **{f"threshold.{k}": f"{v:.6g}" for k, v in spec.thresholds.items()},
     }
     connect(store)
-    run_id = candidate_run(store, parent_run_id, candidate, members)
+    run_id = candidate_run(
+        store, parent_run_id, candidate, members, cross_validated=data_version is not None
+    )
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id) as run:
         mlflow.set_tags(tags)
         spec_file = Path(tmp) / SPEC_FILE

@@ -27,15 +27,20 @@ if TYPE_CHECKING:
 
 @contextlib.contextmanager
 def maybe_run(
-    store: Store | None, name: str, parent_run_id: str | None, run_id: str | None
+    store: Store | None,
+    name: str,
+    parent_run_id: str | None,
+    run_id: str | None,
+    fold: int | None = None,
 ) -> Iterator[BackboneRun | None]:
-    """The backbone's MLflow run (run_id resumes one), or None when store is None."""
+    """The backbone's MLflow run (run_id resumes one; `fold` tags a cross-validation fold),
+    or None when store is None."""
     if store is None:
         yield None
         return
     from components.tracking import backbone_run
 
-    with backbone_run(store, name, parent_run_id=parent_run_id, run_id=run_id) as run:
+    with backbone_run(store, name, parent_run_id=parent_run_id, run_id=run_id, fold=fold) as run:
         yield run
 
 

@@ -67,6 +67,7 @@ def train_backbone(
     parent_run_id: str | None = None,
     *,
     epoch_limit: int | None = None,
+    fold: int | None = None,
 ) -> TrainResult:
     """Train one backbone and write its model, metrics, history, curves and predictions.
 
@@ -78,6 +79,8 @@ def train_backbone(
         parent_run_id: the study's parent run.
         epoch_limit: train at most this many epochs in this call, then return status "paused"
             with the checkpoint kept (time-boxed jobs, tests); None trains to the end.
+        fold: the cross-validation fold `cfg`'s split is (`components.training.folds`), for
+            the MLflow run's tag and name.
 
     Returns:
         The result, also written to out_dir/result.json.
@@ -113,7 +116,7 @@ def train_backbone(
     timings["inputs_s"] = time.perf_counter() - t
     sample_w = class_weights(data.y[data.rows("train")], len(cfg.classes))[data.y]
 
-    with maybe_run(tracking, name, parent_run_id, state.run_id) as run:
+    with maybe_run(tracking, name, parent_run_id, state.run_id, fold) as run:
         if run is not None:
             state.run_id = run.run_id
             log_start(run, cfg, plan, data)
@@ -180,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default: training.models_out/BACKBONE)")
     parser.add_argument("--parent-run-id", help="MLflow run id of the study")
     parser.add_argument("--split", help="split CSV to train on (default: params split.out)")
+    parser.add_argument("--fold", type=int, help="the cross-validation fold --split holds")
     parser.add_argument("--no-tracking", action="store_true", help="log nothing to MLflow")
     parser.add_argument("--epoch-limit", type=int, help="stop after this many epochs (resumable)")
     args = parser.parse_args(argv)
@@ -200,7 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = None if args.no_tracking else resolve_store(cfg.tracking, cfg.root)
     try:
         result = train_backbone(
-            args.backbone, cfg, out, store, args.parent_run_id, epoch_limit=args.epoch_limit
+            args.backbone,
+            cfg,
+            out,
+            store,
+            args.parent_run_id,
+            epoch_limit=args.epoch_limit,
+            fold=args.fold,
         )
     except Exception as exc:
         if isinstance(exc, WeightsUnavailable | WeightsChecksumError):

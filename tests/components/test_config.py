@@ -4,7 +4,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from components.config import load_config
+from components.config import SplitConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,6 +35,10 @@ def _write(tmp_path: Path, data: dict) -> Path:
         ({"training": {"overrides": {"VGG16": {"epochs": 0}}}}, "epochs"),
         ({"evaluation": {"select_metric": "patient_acu"}}, "(?s)select_metric.*e.g. 'patient_auc'"),
         ({"ingest": {"max_frame_pixels": 0}}, "max_frame_pixels"),
+        ({"split": {"folds": 1}}, "split.folds must be 0 .* or at least 3 .*got 1"),
+        ({"split": {"folds": 2}}, "split.folds must be 0 .* or at least 3 .*got 2"),
+        ({"split": {"folds": -5}}, "split.folds must be 0 .* or at least 3 .*got -5"),
+        ({"split": {"folds": 5, "mode": "image"}}, "split.folds 5 needs split.mode patient"),
     ],
 )
 def test_bad_params_fail_with_a_message_naming_the_key(tmp_path, data, message):
@@ -74,3 +78,14 @@ def test_an_error_inside_a_backbone_override_names_the_override(tmp_path):
     path.write_text("training:\n  overrides:\n    VGG16: {epochs: 0}\n")
     with pytest.raises(ValueError, match=r"training\.overrides\.VGG16: epochs: "):
         load_config(path)
+
+
+def test_view_fractions_are_the_fractions_or_one_fold_s_shares(tmp_path):
+    single = load_config(_write(tmp_path, {"split": {"train": 0.7, "val": 0.1, "test": 0.2}}))
+    assert single.split.view_fractions() == single.split.fractions()
+    assert single.split.folds == 0
+    cv = load_config(_write(tmp_path, {"split": {"folds": 5}})).split
+    assert cv.view_fractions() == pytest.approx({"train": 0.6, "val": 0.2, "test": 0.2})
+    assert SplitConfig(folds=3).view_fractions() == pytest.approx(
+        dict.fromkeys(cv.fractions(), 1 / 3)
+    )

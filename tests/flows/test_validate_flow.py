@@ -13,21 +13,26 @@ import yaml
 from prefect.artifacts import Artifact
 from prefect.cache_policies import NO_CACHE
 
+from components.data.split import FOLD_COLUMN, split_manifest
 from flows import validate as validate_module
 from flows.validate import ARTIFACT_KEY, validate
 from myelomet.cli import main
 from tests.components.checks.test_suites import write_dataset
 
 
-def _project(root: Path) -> Path:
-    """A good dataset and a params.yaml pointing at it; returns the params path."""
-    write_dataset(root)
+def _project(root: Path, folds: int = 0) -> Path:
+    """A good dataset and a params.yaml pointing at it; returns the params path. With
+    `folds`, the split is a cross-validation split of that many folds."""
+    dataset = write_dataset(root)
+    if folds:
+        manifest, _ = dataset.read()
+        split_manifest(manifest, {}, seed=0, folds=folds).to_csv(dataset.split, index=False)
     params = root / "params.yaml"
     params.write_text(
         yaml.safe_dump(
             {
                 "ingest": {"out": "processed"},
-                "split": {"out": "splits/split.csv"},
+                "split": {"out": "splits/split.csv", "folds": folds},
                 "validation": {
                     "docs_out": "reports/validation",
                     "summary_out": "reports/validation.json",
@@ -87,6 +92,23 @@ def test_the_command_exits_1_naming_the_failed_expectation_and_0_in_one_line(tmp
     _, err = capsys.readouterr()
     assert "split.patient_in_one_split" in err
     assert "patient=pt-" in err
+
+
+def test_a_k_fold_split_is_checked_fold_by_fold(tmp_path, capsys):
+    params = _project(tmp_path, folds=3)
+    assert main(["--params", str(params), "validate"]) == 0
+    out, _ = capsys.readouterr()
+    assert "passed" in out
+
+    split_path = tmp_path / "splits/split.csv"
+    split = pd.read_csv(split_path)
+    patient, fold = split.loc[split["split"] == "train", ["patient", FOLD_COLUMN]].iloc[0]
+    split.loc[(split["patient"] == patient) & (split[FOLD_COLUMN] == fold), "split"] = "test"
+    split.to_csv(split_path, index=False)  # the patient is now tested in two folds
+    assert main(["--params", str(params), "validate"]) == 1
+    _, err = capsys.readouterr()
+    assert "split.patient_tested_once" in err
+    assert f"patient={patient}" in err
 
 
 def test_missing_split_names_the_command_to_run(tmp_path):

@@ -26,6 +26,7 @@ from components.checks.summaries import (
 )
 from components.checks.tables import pixel_stats
 from components.config import SplitConfig, ValidationConfig
+from components.data.split import FOLD_COLUMN, split_manifest
 from tests.offline_html import assert_offline, remote_loads
 
 CLASSES = ("MM", "OMBT")
@@ -324,13 +325,14 @@ def test_docs_folder_holding_other_files_is_not_wiped(tmp_path, dataset):
     assert (docs / "notes.txt").read_text() == "mine"
 
 
-@pytest.mark.parametrize("mode", ["patient", "image"])
-def test_every_expectation_is_named_and_described(mode):
+@pytest.mark.parametrize(("mode", "folds"), [("patient", 0), ("image", 0), ("patient", 5)])
+def test_every_expectation_is_named_and_described(mode, folds):
     cfg = ValidationConfig()
+    fractions = SplitConfig(mode=mode, folds=folds).view_fractions()
     suites = [
         manifest_suite(cfg, CLASSES),
         pixel_suite(cfg),
-        split_suite(cfg, CLASSES, SplitConfig().fractions(), mode),
+        split_suite(cfg, CLASSES, fractions, mode, folds),
     ]
     for suite in suites:
         for expectation in suite.expectations:
@@ -345,3 +347,152 @@ def test_the_offline_check_sees_what_a_page_would_fetch():
     assert remote_loads("<link rel=stylesheet href='//cdn.example/x.css'>")
     assert remote_loads("<style>@import url(https://fonts.example/f.css);</style>")
     assert not remote_loads('<a href="https://mlflow.org">MLflow</a><img src="data:image/png;x">')
+
+
+# Cross-validation: the split of write_dataset's manifest into FOLDS patient-grouped folds.
+FOLDS = 3
+
+
+def cv_split(manifest: pd.DataFrame, folds: int = FOLDS) -> pd.DataFrame:
+    """A valid cross-validation split of the manifest, as `myelomet split` writes it."""
+    return split_manifest(manifest, SplitConfig().fractions(), seed=0, folds=folds)
+
+
+def validate_cv(
+    manifest: pd.DataFrame, split: pd.DataFrame, root: Path, docs: Path, folds: int = FOLDS
+) -> ValidationReport:
+    """Run every suite with the default thresholds on a `folds`-fold split."""
+    cfg = ValidationConfig()
+    pixels = pixel_stats(manifest, root, cfg.bone_hu, progress=False)
+    fractions = SplitConfig(folds=folds).view_fractions()
+    return run_validation(
+        manifest, split, pixels, cfg, CLASSES, fractions, "patient", docs, folds=folds
+    )
+
+
+def _rows(split: pd.DataFrame, fold: int, patient: str) -> pd.Series:
+    return (split[FOLD_COLUMN] == fold) & (split["patient"] == patient)
+
+
+def _tested_twice(split: pd.DataFrame) -> pd.DataFrame:
+    patient, fold = split.loc[split["split"] == "train", ["patient", FOLD_COLUMN]].iloc[0]
+    split.loc[_rows(split, fold, patient), "split"] = "test"
+    return split
+
+
+def _dropped_from_one_fold(split: pd.DataFrame) -> pd.DataFrame:
+    return split.drop(index=split.index[split[FOLD_COLUMN] == 1][0])
+
+
+def _duplicated_in_a_fold(split: pd.DataFrame) -> pd.DataFrame:
+    row = split[split[FOLD_COLUMN] == 2].iloc[[0]].assign(split="val")
+    return pd.concat([split, row], ignore_index=True)
+
+
+def _missing_from_every_fold(split: pd.DataFrame) -> pd.DataFrame:
+    return split[split["image_id"] != split["image_id"].iloc[0]]
+
+
+def _two_splits_in_a_fold(split: pd.DataFrame) -> pd.DataFrame:
+    first = split.index[(split[FOLD_COLUMN] == 0) & (split["split"] == "train")][0]
+    split.loc[first, "split"] = "val"
+    return split
+
+
+def _fold_without_one_class(split: pd.DataFrame) -> pd.DataFrame:
+    rows = (split[FOLD_COLUMN] == 1) & (split["split"] == "val") & (split["label"] == "OMBT")
+    split.loc[rows, "split"] = "train"
+    return split
+
+
+def _fold_out_of_range(split: pd.DataFrame) -> pd.DataFrame:
+    return split.assign(**{FOLD_COLUMN: split[FOLD_COLUMN].replace(2, 7)})
+
+
+CV_FAULTS: dict[str, tuple[Callable[[pd.DataFrame], pd.DataFrame], str]] = {
+    "patient tested in two folds": (_tested_twice, "split.patient_tested_once"),
+    "image dropped from one fold": (_dropped_from_one_fold, "split.image_in_every_fold"),
+    "image twice in a fold": (_duplicated_in_a_fold, "split.image_in_one_split"),
+    "image in no fold": (_missing_from_every_fold, "split.image_in_split"),
+    "patient in two splits of a fold": (_two_splits_in_a_fold, "split.patient_in_one_split"),
+    "fold split without one class": (_fold_without_one_class, "split.split_has_all_classes"),
+    "fold out of range": (_fold_out_of_range, "split.fold_name"),
+}
+
+
+@pytest.fixture(scope="module")
+def cv_report(dataset: Dataset, tmp_path_factory: pytest.TempPathFactory) -> ValidationReport:
+    manifest, _ = dataset.read()
+    split = cv_split(manifest)
+    return validate_cv(manifest, split, dataset.root, tmp_path_factory.mktemp("docs") / "cv")
+
+
+def test_a_valid_k_fold_split_passes_every_suite(cv_report):
+    assert cv_report.success, failure_message(cv_report)
+    checks = {e.check for e in cv_report.suite("split").expectations}
+    assert {"patient_tested_once", "image_in_every_fold", "fold_name"} <= checks
+    per_fold = [
+        e for e in cv_report.suite("split").expectations if e.check == "split_has_all_classes"
+    ]
+    assert len(per_fold) == FOLDS * 3
+
+
+def test_a_k_fold_split_fails_the_single_split_suite(dataset, tmp_path):
+    manifest, _ = dataset.read()
+    report = validate(manifest, cv_split(manifest), dataset.root, tmp_path / "docs")
+    assert "split.image_in_one_split" in report.failed_checks()
+
+
+def test_a_single_split_fails_the_k_fold_suite(dataset, tmp_path):
+    manifest, split = dataset.read()
+    report = validate_cv(manifest, split, dataset.root, tmp_path / "docs")
+    assert {"split.has_column", "split.image_in_every_fold"} <= report.failed_checks()
+    assert f"[{FOLD_COLUMN}]: expected column {FOLD_COLUMN}" in failure_message(report)
+
+
+@pytest.mark.parametrize("fault", CV_FAULTS)
+def test_each_planted_k_fold_fault_fails_naming_its_expectation(dataset, tmp_path, fault):
+    tamper, check = CV_FAULTS[fault]
+    manifest, _ = dataset.read()
+    split = tamper(cv_split(manifest))
+    report = validate_cv(manifest, split, dataset.root, tmp_path / "docs")
+
+    assert check in report.failed_checks()
+    message = failure_message(report)
+    assert check in message
+    failed = next(e for e in report.suite("split").failed if e.check == check.split(".")[1])
+    if failed.unexpected_count:
+        assert f"image_id={failed.examples[0]['image_id']}" in message
+
+
+def test_a_patient_tested_twice_is_named_with_its_folds(dataset, tmp_path):
+    manifest, _ = dataset.read()
+    split = _tested_twice(cv_split(manifest))
+    report = validate_cv(manifest, split, dataset.root, tmp_path / "docs")
+    assert "split.patient_tested_once" in report.failed_checks()
+    patient = split.loc[split["split"] == "test"].groupby("patient")[FOLD_COLUMN].nunique()
+    twice = patient[patient == 2].index[0]
+    message = failure_message(report)
+    assert f"patient={twice}" in message and "fold=" in message
+    assert "patient_test_folds" in message
+
+
+def test_an_image_dropped_from_one_fold_is_named(dataset, tmp_path):
+    manifest, _ = dataset.read()
+    split = cv_split(manifest)
+    dropped = split.loc[split[FOLD_COLUMN] == 1, "image_id"].iloc[0]
+    report = validate_cv(manifest, _dropped_from_one_fold(split), dataset.root, tmp_path / "d")
+    assert report.failed_checks() == {"split.image_in_every_fold"}
+    failed = report.suite("split").failed[0]
+    assert failed.unexpected_count == FOLDS - 1  # the image's rows of the two other folds
+    assert {x["image_id"] for x in failed.examples} == {dropped}
+
+
+def test_an_image_twice_in_a_fold_is_named(dataset, tmp_path):
+    manifest, _ = dataset.read()
+    split = _duplicated_in_a_fold(cv_split(manifest))
+    report = validate_cv(manifest, split, dataset.root, tmp_path / "docs")
+    assert "split.image_in_one_split" in report.failed_checks()
+    failed = next(e for e in report.suite("split").failed if e.check == "image_in_one_split")
+    assert failed.column == f"image_id,{FOLD_COLUMN}"
+    assert {x["image_id"] for x in failed.examples} == {split["image_id"].iloc[-1]}
