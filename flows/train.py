@@ -162,7 +162,7 @@ def train(params: str = "params.yaml", backbones: list[str] | None = None) -> di
     futures = {}
     with _ray_resources(cfg, gpus):
         for name in names:
-            for number, split_file in folds or [None]:
+            for number, split_file in folds or [(None, None)]:
                 key = name if number is None else f"{fold_label(number)}/{name}"
                 out_dir = cfg.path(cfg.training.models_out) / key
                 fold = None if number is None else (number, split_file)

@@ -4,13 +4,17 @@ A `prefect server start` on 127.0.0.1 with its own PREFECT_HOME, a tiny git+DVC 
 holding this repository's dvc.yaml and prefect.yaml, `prefect deploy --all` from it, and a
 process worker that runs one flow run and exits. The first test reads both deployments and
 the nightly schedule back through the client, triggers a study and sees it complete with its
-artifacts and a registered champion. The second puts a new, invalid data version in place
+artifacts and a registered champion. The project runs patient-grouped 3-fold
+cross-validation, so that study also proves the folds end to end through `dvc repro`: every
+patient tested once, one model per fold, Table 2 pooled out of fold, and the fold ensemble
+registered, carded and served on a DICOM file. The second puts a new, invalid data version in place
 (`dvc add`), starts the next scheduled run now, and sees it fail at validation with the
 failed expectation in its message and failure note, the registry untouched.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -21,10 +25,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from uuid import UUID
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -48,6 +55,7 @@ POOL = "myelomet-local"
 STUDY = "study/study-nightly"
 ON_DEMAND = "train-on-demand/train-on-demand"
 MODEL = "myelomet"
+FOLDS = 3
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -115,7 +123,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
 
 def _tiny_params() -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["synthetic"].update(patients_per_class=5, slices_min=2, slices_max=3, size=96)
+    params["synthetic"].update(patients_per_class=6, slices_min=2, slices_max=2, size=96)
+    params["split"]["folds"] = FOLDS
     params["training"].update(
         backbones=["MobileNet"], image_size=32, batch_size=8, epochs=1, weights="none", retries=0
     )
@@ -198,6 +207,52 @@ def test_deployments_read_back_and_a_triggered_study_completes_with_artifacts(
     assert _registry(project).holder("champion") == "1"
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(stages.stage_order(project))
+    _assert_cross_validated(project)
+
+
+def _assert_cross_validated(root: Path) -> None:
+    """Every patient tested once by a fold that trained without them, Table 2 pooled out of
+    fold with its spread, and the fold ensemble registered, carded and served."""
+    split = pd.read_csv(root / "data/splits/split.csv", dtype={"image_id": str})
+    tested = split[split["split"] == "test"].groupby("patient")["fold"].nunique()
+    assert (tested == 1).all() and len(tested) == 12
+    uri = f"sqlite:///{root / 'mlruns' / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    fold_runs = client.search_runs(
+        [client.get_experiment_by_name(MODEL).experiment_id], "tags.fold != ''"
+    )
+    assert sorted(r.data.tags["fold"] for r in fold_runs) == [str(f) for f in range(FOLDS)]
+    for run in fold_runs:  # each trained on its own fold's training patients only
+        folder = root / "models" / f"fold-{run.data.tags['fold']}"
+        own = pd.read_csv(folder / "split.csv")
+        assert list(own.columns) == ["image_id", "patient", "label", "split"]
+        assert int(run.data.params["n_train"]) == (own["split"] == "train").sum()
+        predictions = pd.read_csv(folder / "MobileNet" / "predictions.csv")
+        for part in ("val", "test"):
+            scored = set(predictions.loc[predictions["split"] == part, "patient"])
+            assert scored == set(own.loc[own["split"] == part, "patient"])
+
+    metrics = json.loads((root / "reports/metrics.json").read_text())
+    assert metrics["cross_validation"]["folds"] == FOLDS
+    pooled = metrics["candidates"]["MobileNet"]
+    assert pooled["test"]["n_patients"] == pooled["val"]["n_patients"] == 12
+    assert f"Cross-validation ({FOLDS} folds)" in (root / "reports/study.html").read_text()
+
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    members = version.tags["backbones"].split(",")
+    assert members == [f"fold-{f}/MobileNet" for f in range(FOLDS)]
+    assert f"patient-level {FOLDS}-fold cross-validation" in version.description
+    assert "fold ensemble" in version.description
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    finally:
+        mlflow.set_tracking_uri(previous)
+    assert len(model.unwrap_python_model().predictor.models) == FOLDS
+    dicom = next((root / "data/raw/synthetic").rglob("*.dcm"))
+    out = model.predict(pd.DataFrame({"path": [str(dicom)]}))
+    assert out["error"].isna().all() and 0.0 <= float(out["p_mm"].iloc[0]) <= 1.0
 
 
 def test_on_demand_training_is_a_dvc_experiment_that_leaves_the_workspace_as_it_was(
