@@ -97,6 +97,9 @@ class InputConfig(_Frozen):
         return list(self.windows.values())
 
 
+MIN_FOLDS = 3  # cross-validation: each fold needs a test, a validation and a training part
+
+
 class SplitConfig(_Frozen):
     mode: Literal["patient", "image"] = "patient"
     train: float = Field(0.6, gt=0, lt=1)
@@ -116,9 +119,9 @@ class SplitConfig(_Frozen):
 
     @model_validator(mode="after")
     def _folds_valid(self) -> SplitConfig:
-        if self.folds != 0 and self.folds < 3:
+        if self.folds != 0 and self.folds < MIN_FOLDS:
             raise ValueError(
-                f"split.folds must be 0 (one train/val/test split) or at least 3 (k-fold "
+                f"split.folds must be 0 (one train/val/test split) or at least {MIN_FOLDS} (k-fold "
                 f"cross-validation: each fold needs a test, a val and a train part), got "
                 f"{self.folds}"
             )

@@ -8,7 +8,7 @@ data validation, Table 2 of the test set, and the registry outcome. On failure a
 publishes (and writes to `.myelomet/study/last_failure.md`) what failed and where to look.
 
 `train-on-demand` runs the same pipeline as a DVC experiment (`dvc exp run -S ...`) with a
-preset, backbones and epochs, then puts params.yaml and dvc.lock back, so the scheduled
+preset, backbones, epochs and folds, then puts params.yaml and dvc.lock back, so the scheduled
 study keeps the workspace's configuration; `dvc exp show` lists the experiment.
 
 `prefect.yaml` deploys both; `myelomet study` runs `study` without a server.
@@ -167,6 +167,7 @@ def train_on_demand(
     epochs: int | None = None,
     preset: str = "demo",
     params: str = "params.yaml",
+    folds: int | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline as a DVC experiment with other training settings; the promotion gate
     decides what the new model becomes.
@@ -177,16 +178,20 @@ def train_on_demand(
             (default: the preset's, else params.yaml's).
         preset: "demo" (params.yaml as it is) or "paper" (the paper's configuration).
         params: params.yaml of the project.
+        folds: patient-grouped cross-validation folds (at least 3), or 0 for one split
+            (default: params.yaml's split.folds).
 
     Returns:
         The experiment's name, its overrides, and the champion and challenger versions.
 
     Raises:
-        ValueError: unknown preset or backbone, or epochs below 1.
+        ValueError: unknown preset or backbone, epochs below 1, or folds 1 or 2.
         StageFailed: the experiment failed; the workspace files are back as they were.
     """
     cfg = load_config(params)
-    overrides = stages.experiment_overrides(preset, backbones, epochs, cfg.training.overrides)
+    overrides = stages.experiment_overrides(
+        preset, backbones, epochs, cfg.training.overrides, folds
+    )
     before = _registry_now(cfg)
     name = f"{preset}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     run_experiment(name, cfg.root, overrides)

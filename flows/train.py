@@ -157,16 +157,16 @@ def train(params: str = "params.yaml", backbones: list[str] | None = None) -> di
         names = slowest_first(names)
     folds = prepare_folds(cfg)
     parent_run_id = start_study(cfg, names, tracking.process_identity())
-    pool = _device_pool(cfg, gpus, len(names) * max(len(folds), 1))
     step = train_backbone.with_options(retries=cfg.training.retries)
+    jobs = [(name, name, None) for name in names]
+    if folds:  # every fold of a backbone before the next backbone: the slowest start first
+        jobs = [(f"{fold_label(f[0])}/{name}", name, f) for name in names for f in folds]
+    pool = _device_pool(cfg, gpus, len(jobs))
     futures = {}
     with _ray_resources(cfg, gpus):
-        for name in names:
-            for number, split_file in folds or [(None, None)]:
-                key = name if number is None else f"{fold_label(number)}/{name}"
-                out_dir = cfg.path(cfg.training.models_out) / key
-                fold = None if number is None else (number, split_file)
-                futures[key] = step.submit(name, params, str(out_dir), parent_run_id, pool, fold)
+        for key, name, fold in jobs:
+            out_dir = cfg.path(cfg.training.models_out) / key
+            futures[key] = step.submit(name, params, str(out_dir), parent_run_id, pool, fold)
     wait(list(futures.values()))
     results, failures = {}, {}
     for name, future in futures.items():

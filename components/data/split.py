@@ -24,12 +24,11 @@ import numpy as np
 import pandas as pd
 
 from components.artifacts import MANIFEST_FILE
-from components.config import Config
+from components.config import MIN_FOLDS, Config
 
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMNS = ["image_id", "patient", "label", "split"]
 FOLD_COLUMN = "fold"
-MIN_FOLDS = 3
 
 
 class SplitError(ValueError):

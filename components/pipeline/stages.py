@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from components import markdown
-from components.config import BACKBONES
+from components.config import BACKBONES, MIN_FOLDS
 
 STATE_DIR = ".myelomet/study"
 TAIL_LINES = 30
@@ -179,8 +179,9 @@ def experiment_overrides(
     backbones: Sequence[str] | None,
     epochs: int | None,
     per_backbone: Mapping[str, Mapping[str, Any]] | None = None,
+    folds: int | None = None,
 ) -> dict[str, Any]:
-    """The params an on-demand run changes: the preset's, then backbones and epochs.
+    """The params an on-demand run changes: the preset's, then backbones, epochs and folds.
 
     An epochs value (given or the preset's) applies to every backbone: it also replaces
     the `epochs` of each entry of `training.overrides` that sets one, unless the preset
@@ -191,9 +192,11 @@ def experiment_overrides(
         backbones: train only these; None or empty keeps params.yaml's.
         epochs: training epochs; None keeps the preset's or params.yaml's.
         per_backbone: params.yaml's `training.overrides`.
+        folds: cross-validation folds (`split.folds`: 0 for one split, or at least 3);
+            None keeps params.yaml's.
 
     Raises:
-        ValueError: unknown preset or backbone, or epochs below 1.
+        ValueError: unknown preset or backbone, epochs below 1, or folds 1, 2 or negative.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -207,6 +210,10 @@ def experiment_overrides(
         if epochs < 1:
             raise ValueError(f"epochs must be at least 1, got {epochs}")
         overrides["training.epochs"] = epochs
+    if folds is not None:
+        if folds != 0 and folds < MIN_FOLDS:
+            raise ValueError(f"folds must be 0 (one split) or at least {MIN_FOLDS}, got {folds}")
+        overrides["split.folds"] = folds
     if "training.epochs" in overrides and overrides.get("training.overrides") != DROP:
         for name, values in (per_backbone or {}).items():
             if "epochs" in values:

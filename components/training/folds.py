@@ -52,10 +52,9 @@ def fold_config(cfg: Config, number: int) -> Config:
     )
 
 
-def _write_if_changed(frame: pd.DataFrame, path: Path) -> None:
-    """Write the CSV atomically, and not at all when the file already holds it (its hash
-    keys the fold's trained models: an unchanged fold must keep its models)."""
-    text = frame.to_csv(index=False)
+def _write_if_changed(text: str, path: Path) -> None:
+    """Write the CSV text atomically, and not at all when the file already holds it (its
+    hash keys the fold's trained models: an unchanged fold must keep its models)."""
     if path.is_file() and path.read_text() == text:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,16 +63,15 @@ def _write_if_changed(frame: pd.DataFrame, path: Path) -> None:
     os.replace(tmp.name, path)
 
 
-def cv_folds(cfg: Config) -> list[Fold]:
-    """The folds of the split CSV, each fold's split written beside its models; empty for a
-    single split (params split.folds 0).
+def _fold_texts(cfg: Config) -> dict[int, str]:
+    """Each fold's split as CSV text, from the split CSV; empty for a single split.
 
     Raises:
         FileNotFoundError: no split CSV; run `myelomet split`.
         ValueError: params split.folds and the split CSV disagree; rerun `myelomet split`.
     """
     if not cfg.split.folds:
-        return []
+        return {}
     path = cfg.path(cfg.split.out)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run `myelomet split` first")
@@ -84,24 +82,43 @@ def cv_folds(cfg: Config) -> list[Fold]:
             f"{path} holds folds {numbers}, params split.folds is {cfg.split.folds}; "
             "rerun `myelomet split`"
         )
+    return {n: fold_view(split, n).to_csv(index=False) for n in numbers}
+
+
+def cv_folds(cfg: Config) -> list[Fold]:
+    """The folds of the split CSV, each fold's split written beside its models; empty for a
+    single split (params split.folds 0).
+
+    Raises:
+        FileNotFoundError, ValueError: as `_fold_texts`.
+    """
     folds = []
-    for number in numbers:
+    for number, text in _fold_texts(cfg).items():
         narrowed = fold_config(cfg, number)
-        _write_if_changed(fold_view(split, number), narrowed.path(narrowed.split.out))
+        _write_if_changed(text, narrowed.path(narrowed.split.out))
         folds.append(Fold(number, narrowed))
     return folds
 
 
 def existing_folds(cfg: Config) -> list[Fold]:
-    """The folds whose split the training stage wrote (`cv_folds`), for evaluation, which
-    must score exactly what was trained.
+    """The folds as training wrote them (`cv_folds`), for evaluation, which must score
+    exactly what was trained on the split it is given.
 
     Raises:
-        FileNotFoundError: a fold's split is missing; run `myelomet train`.
+        FileNotFoundError: the split CSV or a fold's split is missing.
+        ValueError: a fold's split is not the split CSV's (it was split again since
+            training); rerun `myelomet train`.
     """
-    folds = [Fold(n, fold_config(cfg, n)) for n in range(cfg.split.folds)]
-    for fold in folds:
+    folds = []
+    for number, text in _fold_texts(cfg).items():
+        fold = Fold(number, fold_config(cfg, number))
         path = fold.cfg.path(fold.cfg.split.out)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run `myelomet train` first")
+        if path.read_text() != text:
+            raise ValueError(
+                f"{path} is not fold {number} of {cfg.path(cfg.split.out)}: its models were "
+                "trained on an earlier split; rerun `myelomet train`"
+            )
+        folds.append(fold)
     return folds

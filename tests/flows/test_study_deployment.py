@@ -188,7 +188,7 @@ def test_deployments_read_back_and_a_triggered_study_completes_with_artifacts(
         assert nightly.work_pool_name == on_demand.work_pool_name == POOL
         assert nightly.entrypoint == "flows/study.py:study"
         assert on_demand.schedules == []
-        assert {"backbones", "epochs", "preset"} <= set(
+        assert {"backbones", "epochs", "preset", "folds"} <= set(
             on_demand.parameter_openapi_schema["properties"]
         )
         assert on_demand.parameters["preset"] == "demo"
@@ -261,7 +261,9 @@ def test_on_demand_training_is_a_dvc_experiment_that_leaves_the_workspace_as_it_
     workspace = stages.snapshot_workspace(project)
     with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
         flow_run = run_deployment(
-            ON_DEMAND, parameters={"backbones": ["MobileNet"], "epochs": 2}, timeout=0
+            ON_DEMAND,
+            parameters={"backbones": ["MobileNet"], "epochs": 2, "folds": 0},
+            timeout=0,
         )
         _run_worker_once(server, tmp_path)
         state, message, artifacts = _flow_run_outcome(flow_run.id)

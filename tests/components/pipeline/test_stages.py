@@ -75,6 +75,8 @@ def test_experiment_arguments_apply_the_preset_then_backbones_and_epochs():
     assert "training.epochs=3" in args and "training.epochs=100" not in args
     assert "~training.overrides" in args
     assert stages.experiment_overrides("demo", None, None) == {}
+    assert stages.experiment_overrides("demo", None, None, folds=5) == {"split.folds": 5}
+    assert stages.experiment_overrides("demo", None, None, folds=0) == {"split.folds": 0}
 
 
 def test_experiment_epochs_replace_per_backbone_epochs_and_keep_their_other_values():
@@ -100,6 +102,12 @@ def test_experiment_epochs_replace_per_backbone_epochs_and_keep_their_other_valu
 def test_bad_experiment_parameters_are_refused(preset, backbones, epochs, message):
     with pytest.raises(ValueError, match=message):
         stages.experiment_overrides(preset, backbones, epochs)
+
+
+@pytest.mark.parametrize("folds", [1, 2, -1])
+def test_too_few_folds_are_refused(folds):
+    with pytest.raises(ValueError, match="folds must be 0 .one split. or at least 3"):
+        stages.experiment_overrides("demo", None, None, folds=folds)
 
 
 def _git(root: Path, *args: str) -> None:

@@ -77,3 +77,12 @@ def test_evaluation_needs_the_folds_training_wrote(tmp_path):
         FileNotFoundError, match="fold-0/split.csv: not found; run `myelomet train`"
     ):
         existing_folds(cfg)
+
+
+def test_evaluation_refuses_folds_trained_on_an_earlier_split(tmp_path):
+    cfg = load_config(_project(tmp_path, 3, 3))
+    cv_folds(cfg)
+    stale = tmp_path / "models/fold-2/split.csv"
+    stale.write_text(stale.read_text().replace(",test", ",val", 1))
+    with pytest.raises(ValueError, match="fold-2/split.csv is not fold 2 of .*rerun `myelomet"):
+        existing_folds(cfg)
