@@ -366,21 +366,26 @@ def _single_balance(
                 **_tag("split_has_all_classes", f"split {s} holds every class {classes}"),
             )
         )
-    for s in SPLITS:
-        f = fractions[s]
-        e.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column="split_fraction",
-                min_value=max(f - tol, 0.0),
-                max_value=min(f + tol, 1.0),
-                row_condition=Column("split") == s,
-                **_tag(
-                    "split_fraction",
-                    f"split {s} holds {f:g} ± {tol:g} of the {unit} (split_fraction)",
-                ),
-            )
+    return e + _split_fractions(fractions, tol, f"the {unit}")
+
+
+def _split_fractions(
+    fractions: Mapping[str, float], tol: float, of_what: str
+) -> list[gxe.Expectation]:
+    """Each split's share (`split_fraction`) within `tol` of its fraction of `of_what`."""
+    return [
+        gxe.ExpectColumnValuesToBeBetween(
+            column="split_fraction",
+            min_value=max(fractions[s] - tol, 0.0),
+            max_value=min(fractions[s] + tol, 1.0),
+            row_condition=Column("split") == s,
+            **_tag(
+                "split_fraction",
+                f"split {s} holds {fractions[s]:.4g} ± {tol:g} of {of_what} (split_fraction)",
+            ),
         )
-    return e
+        for s in SPLITS
+    ]
 
 
 def _fold_balance(
@@ -422,19 +427,4 @@ def _fold_balance(
                     ),
                 )
             )
-    for s in SPLITS:
-        f = fractions[s]
-        e.append(
-            gxe.ExpectColumnValuesToBeBetween(
-                column="split_fraction",
-                min_value=max(f - tol, 0.0),
-                max_value=min(f + tol, 1.0),
-                row_condition=Column("split") == s,
-                **_tag(
-                    "split_fraction",
-                    f"split {s} of each fold holds {f:.4g} ± {tol:g} of the fold's patients "
-                    "(split_fraction)",
-                ),
-            )
-        )
-    return e
+    return e + _split_fractions(fractions, tol, "each fold's patients")

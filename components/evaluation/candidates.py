@@ -228,19 +228,39 @@ def scored_rows(frame: pd.DataFrame, split: str, level: str, threshold: float) -
     return rows.assign(threshold=rows["patient"].map(own).to_numpy(float))
 
 
-def _level_metrics(
-    rows: pd.DataFrame, threshold: float, n_bootstrap: int, confidence: float, bins: int, seed: int
-) -> dict[str, Estimate]:
-    return bootstrap_metrics(
-        rows["y"].to_numpy(),
-        rows["p"].to_numpy(),
-        rows["patient"].to_numpy(),
-        threshold,
-        n_bootstrap=n_bootstrap,
-        confidence=confidence,
-        n_bins=bins,
-        seed=seed,
-    )
+def measure(
+    frame: pd.DataFrame,
+    thresholds: dict[str, float],
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    calibration_bins: int = 10,
+    seed: int = 0,
+) -> tuple[dict[str, dict[str, dict[str, Estimate]]], dict[str, dict[str, pd.DataFrame]]]:
+    """Every metric with its patient-bootstrap interval, and the reliability curve, per
+    split and level, each row called at its threshold (`scored_rows`).
+
+    Returns:
+        split -> level -> metric -> Estimate, and split -> level -> reliability curve.
+    """
+    metrics: dict[str, dict[str, dict[str, Estimate]]] = {}
+    reliability: dict[str, dict[str, pd.DataFrame]] = {}
+    for split in SPLITS:
+        metrics[split], reliability[split] = {}, {}
+        for level in LEVELS:
+            rows = scored_rows(frame, split, level, thresholds[level])
+            metrics[split][level] = bootstrap_metrics(
+                rows["y"].to_numpy(),
+                rows["p"].to_numpy(),
+                rows["patient"].to_numpy(),
+                rows["threshold"].to_numpy(float),
+                n_bootstrap=n_bootstrap,
+                confidence=confidence,
+                n_bins=calibration_bins,
+                seed=seed,
+            )
+            reliability[split][level] = reliability_curve(rows["y"], rows["p"], calibration_bins)
+    return metrics, reliability
 
 
 def counts(frame: pd.DataFrame) -> dict[str, int]:
@@ -289,16 +309,14 @@ def evaluate_candidate(
     for level in LEVELS:
         val = _level_rows(frame, "val", level)
         thresholds[level] = youden_threshold(val["y"], val["p"], FALLBACK_THRESHOLD)
-    metrics: dict[str, dict[str, dict[str, Estimate]]] = {}
-    reliability: dict[str, dict[str, pd.DataFrame]] = {}
-    for split in SPLITS:
-        metrics[split], reliability[split] = {}, {}
-        for level in LEVELS:
-            rows = _level_rows(frame, split, level)
-            metrics[split][level] = _level_metrics(
-                rows, thresholds[level], n_bootstrap, confidence, calibration_bins, seed
-            )
-            reliability[split][level] = reliability_curve(rows["y"], rows["p"], calibration_bins)
+    metrics, reliability = measure(
+        frame,
+        thresholds,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        calibration_bins=calibration_bins,
+        seed=seed,
+    )
     return CandidateResult(
         name=name,
         members=tuple(members) if members else (name,),

@@ -26,10 +26,9 @@ from components.evaluation.candidates import (
     CandidateResult,
     EvaluationResults,
     counts,
-    scored_rows,
+    measure,
     threshold_column,
 )
-from components.evaluation.metrics import Estimate, bootstrap_metrics, reliability_curve
 from components.evaluation.selection import compare_candidates, rank_candidates
 from components.metric_names import LEVELS
 from components.training.folds import fold_label
@@ -79,23 +78,17 @@ def pool_candidate(
         ValueError: the folds test or validate a slice twice.
     """
     frame = _pooled_frame(per_fold)
-    metrics: dict[str, dict[str, dict[str, Estimate]]] = {}
-    reliability: dict[str, dict[str, pd.DataFrame]] = {}
-    for split in SPLITS:
-        metrics[split], reliability[split] = {}, {}
-        for level in LEVELS:
-            rows = scored_rows(frame, split, level, np.nan)
-            metrics[split][level] = bootstrap_metrics(
-                rows["y"].to_numpy(),
-                rows["p"].to_numpy(),
-                rows["patient"].to_numpy(),
-                rows["threshold"].to_numpy(float),
-                n_bootstrap=n_bootstrap,
-                confidence=confidence,
-                n_bins=calibration_bins,
-                seed=seed,
-            )
-            reliability[split][level] = reliability_curve(rows["y"], rows["p"], calibration_bins)
+    thresholds = {
+        level: float(np.median([c.thresholds[level] for c in per_fold])) for level in LEVELS
+    }
+    metrics, reliability = measure(
+        frame,
+        thresholds,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        calibration_bins=calibration_bins,
+        seed=seed,
+    )
     return CandidateResult(
         name=per_fold[0].name,
         members=tuple(
@@ -103,9 +96,7 @@ def pool_candidate(
             for number, candidate in enumerate(per_fold)
             for member in candidate.members
         ),
-        thresholds={
-            level: float(np.median([c.thresholds[level] for c in per_fold])) for level in LEVELS
-        },
+        thresholds=thresholds,
         metrics=metrics,
         counts={split: counts(frame[frame["split"] == split]) for split in SPLITS},
         reliability=reliability,

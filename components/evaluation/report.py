@@ -356,8 +356,10 @@ def results_markdown(results: EvaluationResults, registry: RegistryOutcome | Non
         "slice specificity",
         "slice kappa",
     )
+    folds = len(results.fold_results)
+    scope = f"out of fold, {folds} folds pooled" if folds else "test set"
     lines = [
-        "# Study results (test set, 95% CI)",
+        f"# Study results ({scope}, 95% CI)",
         "",
         markdown.table(header, rows),
         "",

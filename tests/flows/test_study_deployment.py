@@ -243,6 +243,9 @@ def _assert_cross_validated(root: Path) -> None:
     assert members == [f"fold-{f}/MobileNet" for f in range(FOLDS)]
     assert f"patient-level {FOLDS}-fold cross-validation" in version.description
     assert "fold ensemble" in version.description
+    run = client.get_run(version.run_id)  # the pooled candidate's own run, not a fold's
+    assert run.data.tags["myelomet.kind"] == "candidate" and "fold" not in run.data.tags
+    assert "test_patient_auc" in run.data.metrics
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
