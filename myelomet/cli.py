@@ -106,8 +106,9 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
     for name, error in outcome["failures"].items():
         print(f"{name}: FAILED: {error}", file=sys.stderr)
     done = len(outcome["results"])
+    what = f"models ({cfg.split.folds} folds)" if cfg.split.folds else "backbones"
     print(
-        f"trained {done} of {done + len(outcome['failures'])} backbones; "
+        f"trained {done} of {done + len(outcome['failures'])} {what}; "
         f"MLflow parent run {outcome['parent_run_id']}"
     )
     return 1 if outcome["failures"] else 0
