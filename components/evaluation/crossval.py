@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from components.data.split import FOLD_COLUMN
 from components.evaluation.candidates import (
     ENSEMBLE,
     SPLITS,
@@ -40,7 +41,7 @@ def _pooled_frame(per_fold: Sequence[CandidateResult]) -> pd.DataFrame:
     frames = []
     for number, candidate in enumerate(per_fold):
         frame = candidate.predictions.copy()
-        frame["fold"] = number
+        frame[FOLD_COLUMN] = number
         for level in LEVELS:
             frame[threshold_column(level)] = candidate.thresholds[level]
         frames.append(frame)
@@ -181,12 +182,3 @@ def fold_spread(results: EvaluationResults, metric: str = "auc") -> pd.DataFrame
             row[f"{level} pooled"] = results.candidates[name].metrics["test"][level][metric].value
         rows.append(row)
     return pd.DataFrame(rows) if results.fold_results else pd.DataFrame()
-
-
-def selected_fold_models(results: EvaluationResults) -> list[tuple[int, str]]:
-    """(fold, backbone) of every model the selected candidate's fold ensemble averages."""
-    return [
-        (number, member)
-        for number, fold in enumerate(results.fold_results)
-        for member in fold.candidates[results.selected].members
-    ]
