@@ -9,6 +9,7 @@ identifying value a written file holds, so tests can prove none of them reaches 
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,15 @@ from typing import Any
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.pixels import apply_modality_lut
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -494,3 +500,60 @@ def _lossless_jpeg(frame: np.ndarray, precision: int = 16) -> bytes:
         + bytes(scan)
         + b"\xff\xd9"
     )
+
+
+def write_deflate_bomb(
+    path: Path, rows: int, columns: int, frames: int = 1, extra_zero_bytes: int = 0, **kwargs: Any
+) -> Written:
+    """A deflated file whose dataset inflates to `frames` zero frames of rows x columns int16
+    (plus `extra_zero_bytes` of zeros after the pixels, which no header declares), streamed
+    through the compressor so that writing it holds about one MB."""
+    ds = ct_dataset(stored_pixels(8, 8), **kwargs)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    del ds.PixelData
+    head = DicomBytesIO()
+    head.is_little_endian, head.is_implicit_VR = True, False
+    write_dataset(head, ds)
+    pixel_bytes = rows * columns * frames * 2
+    head.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes))
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        meta = DicomBytesIO()
+        meta.is_little_endian, meta.is_implicit_VR = True, False
+        meta.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(meta, ds.file_meta)
+        f.write(meta.getvalue())
+        f.write(deflater.compress(head.getvalue()))
+        chunk = bytes(1 << 20)
+        left = pixel_bytes + extra_zero_bytes
+        while left:
+            n = min(left, len(chunk))
+            f.write(deflater.compress(chunk[:n]))
+            left -= n
+        f.write(deflater.flush())
+    return Written(path=path, ds=ds)
+
+
+def write_rle_bomb(path: Path, rows: int, columns: int, frames: int, **kwargs: Any) -> Written:
+    """An RLE Lossless file of `frames` zero int16 frames: each 2-byte run stands for 128
+    zero bytes, so the file decodes to 64 times its size."""
+    ds = ct_dataset(stored_pixels(8, 8), **kwargs)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    segment = b"\x81\x00" * (rows * columns // 128)
+    header = struct.pack("<16L", 2, 64, 64 + len(segment), *([0] * 13))
+    frame = header + segment + segment
+    _encapsulate(ds, [frame] * frames, RLELossless)
+    return _save(path, ds, None, enforce_file_format=True)
+
+
+def write_raw_attribute(path: Path, keyword: str, value: bytes) -> Path:
+    """A CT file (`write_plain`) whose `keyword` holds `value`'s bytes as they are, unchecked
+    by pydicom (e.g. b"abc " in RescaleSlope); `value` must have an even length."""
+    written = write_plain(path).path
+    ds = pydicom.dcmread(written)
+    tag = Tag(tag_for_keyword(keyword))
+    ds[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)
+    ds.save_as(written)
+    return written

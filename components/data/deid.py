@@ -17,6 +17,9 @@ import string
 import warnings
 from pathlib import Path
 
+from components.data.raw_tree import list_files
+from components.data.synthetic.provenance import is_synthesized
+
 MIN_KEY_BYTES = 16
 _HEX = frozenset(string.hexdigits)
 
@@ -52,23 +55,51 @@ def parse_key(text: str, origin: str) -> bytes:
 
 
 # The key of the synthetic demo cohort, which portrays no one. It is public so that every
-# clone draws the same pseudonyms, hence the same split and results; `study_key` refuses it
-# for any other data.
+# clone draws the same pseudonyms, hence the same split and results; `study_key` gives it only
+# to files `myelomet synthesize` wrote, and refuses it for any other data.
 DEMO_KEY = b"myelomet synthetic demo cohort, never real data"
 
 
-def study_key(dicom_root: Path, synthetic_root: Path, env_var: str, key_file: Path) -> bytes:
-    """The pseudonymisation key for ingesting `dicom_root`.
+def study_key(dicom_root: Path, env_var: str, key_file: Path, exclude: Path | None = None) -> bytes:
+    """The pseudonymisation key for ingesting the files under `dicom_root`.
 
-    The synthetic cohort (`dicom_root` is params synthetic.out) gets DEMO_KEY; any other
-    data gets `load_key`'s, which must not be DEMO_KEY.
+    A key set in `env_var` is used for every file. Without one, a tree of files that
+    `myelomet synthesize` wrote (`provenance.is_synthesized`: their marks, not their folder)
+    gets DEMO_KEY; any other tree gets the key file's (`load_key`), which must not be
+    DEMO_KEY; a tree that mixes the two is refused.
+
+    Args:
+        dicom_root: the DICOM root to ingest.
+        env_var: name of the environment variable that may hold the key.
+        key_file: file that holds the key as hex (created for real data).
+        exclude: a folder under the root that ingest leaves out (its output folder).
 
     Raises:
-        ValueError: the key for real data is the demo key, or too short.
+        ValueError: the variable is set but blank, the key is too short, the key for real
+            data is the demo key, or the tree mixes synthesized and other files.
+        FileNotFoundError: `dicom_root` is not a folder.
         OSError: the key file can't be read or created.
     """
-    if Path(dicom_root).resolve() == Path(synthetic_root).resolve():
+    if os.environ.get(env_var) is not None:
+        return _real_key(env_var, key_file)
+    if not Path(dicom_root).is_dir():
+        raise FileNotFoundError(f"{dicom_root}: DICOM root is not a folder; check --dicom-root")
+    files = list_files(Path(dicom_root), exclude=exclude)
+    synthesized = sum(is_synthesized(path) for path in files)
+    if files and synthesized == len(files):
         return DEMO_KEY
+    if synthesized:
+        raise ValueError(
+            f"{dicom_root}: {synthesized} of {len(files)} files were written by `myelomet "
+            "synthesize` and the others were not, and the demo's public key must not name real "
+            f"patients; set {env_var} to a secret key (it then names every file), or ingest the "
+            "synthetic cohort and your own data from separate folders"
+        )
+    return _real_key(env_var, key_file)
+
+
+def _real_key(env_var: str, key_file: Path) -> bytes:
+    """`load_key`'s key, refused when it is the public demo key."""
     key = load_key(env_var, key_file)
     if key == DEMO_KEY:
         raise ValueError(
@@ -81,9 +112,10 @@ def study_key(dicom_root: Path, synthetic_root: Path, env_var: str, key_file: Pa
 def load_key(env_var: str, key_file: Path) -> bytes:
     """Return the pseudonymisation key, creating a key file on first use.
 
-    Order: the environment variable `env_var` if set and non-empty (hex, or any passphrase
-    of at least 16 bytes, see `parse_key`); else the contents of `key_file`; else a new
-    random 32-byte key written to `key_file` as hex, with mode 0600 (parent folders created).
+    Order: the environment variable `env_var` if set (hex, or any passphrase of at least 16
+    bytes, see `parse_key`; set but blank is an error, never a silent fallback); else the
+    contents of `key_file`; else a new random 32-byte key written to `key_file` as hex, with
+    mode 0600 (parent folders created).
 
     Args:
         env_var: name of the environment variable that may hold the key.
@@ -93,11 +125,17 @@ def load_key(env_var: str, key_file: Path) -> bytes:
         The key bytes.
 
     Raises:
-        ValueError: the key in the variable or file is too short.
+        ValueError: the variable is set but blank, or the key in it or the file is too short.
         OSError: the key file can't be read or created.
     """
-    from_env = os.environ.get(env_var, "")
-    if from_env.strip():
+    from_env = os.environ.get(env_var)
+    if from_env is not None:
+        if not from_env.strip():
+            raise ValueError(
+                f"environment variable {env_var} is set but blank; set it to a secret key "
+                f"(`python -c 'import secrets; print(secrets.token_hex(32))'`) or unset it to "
+                f"use the key file {key_file}"
+            )
         return parse_key(from_env, f"environment variable {env_var}")
 
     key_file = Path(key_file)

@@ -7,8 +7,9 @@ enhanced multi-frame CT), plus de-identified acquisition attributes, so memory h
 frame whatever the size of the file. `read_ct` collects every frame of a file into a
 `CtImage`, for small inputs. A file that can't be used raises `DicomRejected` with one of the
 `RejectReason` codes and a detail sentence that says what to do; the detail never holds a
-file name or patient data. The header checks are in `dicom_header`, the conversion to HU in
-`hounsfield`, the frame attributes in `dicom_attributes`; the frames are decoded here.
+file name or patient data. What may be opened and decoded is checked in `dicom_source`,
+the header in `dicom_header`, the conversion to HU is in `hounsfield`, the frame attributes
+in `dicom_attributes`; the frames are decoded here.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileDataset
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.utils import as_pixel_options
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from components.config import IngestConfig
-from components.data.dicom_attributes import frame_attributes, patient_identifiers, syntax_label
+from components.data.dicom_attributes import frame_attributes, syntax_label
 from components.data.dicom_header import (
     INSTALL_HINT,
     PIXEL_DATA,
@@ -41,12 +42,20 @@ from components.data.dicom_header import (
     require_pixel_length,
     transfer_syntax_of,
 )
+from components.data.dicom_source import (
+    inflate_deflated,
+    require_frame_sizes,
+    require_image_size,
+    require_regular_file,
+)
 from components.data.hounsfield import check_rescale, frame_lut, rescale_of, to_hu
 from components.data.rejects import DicomRejected, RejectReason
 
-# Rows x Columns of one frame above which a file is rejected unread: the default of
-# params.yaml ingest.max_frame_pixels (4096 x 4096).
+# Rows x Columns of one frame, and decoded bytes of a whole image, above which a file is
+# rejected unread: the defaults of params.yaml ingest.max_frame_pixels (4096 x 4096) and
+# ingest.max_image_bytes.
 MAX_FRAME_PIXELS = IngestConfig().max_frame_pixels
+MAX_IMAGE_BYTES = IngestConfig().max_image_bytes
 
 
 @dataclass(frozen=True)
@@ -75,24 +84,23 @@ class CtFile:
     header: FileDataset = field(repr=False)
     transfer_syntax: UID = field(repr=False)
 
-    def slices(self) -> Iterator[CtSlice]:
-        """Each frame in HU with its attributes, in frame order, read from the source.
+    def slices(self, key: bytes | None = None) -> Iterator[CtSlice]:
+        """Each frame in HU with its attributes, in frame order, read from the source;
+        `key` pseudonymises the model, kernel and body part (see `frame_attributes`).
 
         Raises:
             DicomRejected: a frame can't be decoded or gives impossible HU; the file is then
                 unusable as a whole, whatever was yielded before.
         """
         ds, tsyntax = self.header, self.transfer_syntax
-        identifiers = patient_identifiers(ds)
         with _pixel_stream(self.source, ds) as stream:
+            require_frame_sizes(stream, ds, tsyntax, self.n_frames, self.rows, self.columns)
             for i, pixels in enumerate(_decoded_frames(stream, ds, tsyntax, self.n_frames)):
                 lut = frame_lut(ds, i)
                 hu = to_hu(pixels, lut, ds)
                 yield CtSlice(
                     hu,
-                    frame_attributes(
-                        ds, tsyntax, hu, i, self.n_frames, *rescale_of(lut), identifiers
-                    ),
+                    frame_attributes(ds, tsyntax, hu, i, self.n_frames, *rescale_of(lut), key),
                 )
 
 
@@ -112,17 +120,25 @@ class CtImage:
     series_instance_uid: str = field(repr=False)
 
 
-def open_ct(source: Path | str | bytes, max_frame_pixels: int = MAX_FRAME_PIXELS) -> CtFile:
+def open_ct(
+    source: Path | str | bytes,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
+) -> CtFile:
     """Read and check a CT image file's header; its frames are decoded by `CtFile.slices`.
 
     Accepts any transfer syntax pydicom has a decoder plugin for (uncompressed little or
     big endian, deflated, RLE, JPEG, JPEG-LS, JPEG 2000, HTJ2K) and files without a File
-    Meta header. Pixel Data is not read here: a frame over `max_frame_pixels`, a Pixel Data
-    shorter than the header says and an impossible rescale are rejected before it is.
+    Meta header. Only a regular file is opened. Pixel Data is not read here: a frame over
+    `max_frame_pixels`, an image that decodes to over `max_image_bytes`, a Pixel Data shorter
+    than the header says and an impossible rescale are rejected before it is; a deflated
+    file is inflated no further than its header allows.
 
     Args:
         source: path of the file, or its bytes.
         max_frame_pixels: the most Rows x Columns of one frame (params ingest.max_frame_pixels).
+        max_image_bytes: the most bytes all frames may decode to (params
+            ingest.max_image_bytes).
 
     Returns:
         The checked file, to decode frame by frame.
@@ -132,11 +148,16 @@ def open_ct(source: Path | str | bytes, max_frame_pixels: int = MAX_FRAME_PIXELS
     """
     if not isinstance(source, bytes | bytearray | memoryview):
         source = Path(source)
-    ds = read_header(source)
+        require_regular_file(source)
+    inflated = inflate_deflated(source, max_frame_pixels, max_image_bytes)
+    ds = read_header(source if inflated is None else inflated)
+    if inflated is not None:  # parsed as stored uncompressed; it came deflated
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     require_pixel_data(ds)
     require_ct(ds)
     require_greyscale(ds)
     rows, columns, n_frames = geometry(ds, max_frame_pixels)
+    require_image_size(ds, rows, columns, n_frames, max_image_bytes)
     tsyntax = transfer_syntax_of(ds)
     require_decoder(tsyntax)
     require_pixel_length(ds, tsyntax, rows * columns * n_frames)
@@ -157,7 +178,11 @@ def open_ct(source: Path | str | bytes, max_frame_pixels: int = MAX_FRAME_PIXELS
     )
 
 
-def read_ct(source: Path | str | bytes, max_frame_pixels: int = MAX_FRAME_PIXELS) -> CtImage:
+def read_ct(
+    source: Path | str | bytes,
+    max_frame_pixels: int = MAX_FRAME_PIXELS,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
+) -> CtImage:
     """Read a CT image file and convert every frame to HU, all of them in memory at once.
 
     For single slices and small files; `open_ct` and `CtFile.slices` go through a large
@@ -166,6 +191,8 @@ def read_ct(source: Path | str | bytes, max_frame_pixels: int = MAX_FRAME_PIXELS
     Args:
         source: path of the file, or its bytes.
         max_frame_pixels: the most Rows x Columns of one frame (params ingest.max_frame_pixels).
+        max_image_bytes: the most bytes all frames may decode to; all of them are held at
+            once here, so a caller that serves requests passes its own, smaller limit.
 
     Returns:
         The slices in HU with their de-identified attributes.
@@ -173,7 +200,7 @@ def read_ct(source: Path | str | bytes, max_frame_pixels: int = MAX_FRAME_PIXELS
     Raises:
         DicomRejected: the file is not a usable greyscale CT image; `reason` says why.
     """
-    ct = open_ct(source, max_frame_pixels)
+    ct = open_ct(source, max_frame_pixels, max_image_bytes)
     slices = list(ct.slices())
     return CtImage(
         hu=np.stack([s.hu for s in slices]),

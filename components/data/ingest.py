@@ -23,13 +23,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from components.artifacts import MANIFEST_FILE, REJECTS_FILE
-from components.data.dicom import MAX_FRAME_PIXELS
-from components.data.dicom_attributes import FRAME_COLUMNS, REDACTED
+from components.data.dicom import MAX_FRAME_PIXELS, MAX_IMAGE_BYTES
+from components.data.dicom_attributes import FRAME_COLUMNS
+from components.data.dicom_warnings import quiet_dicom_library
 from components.data.ingest_run import IngestRun
 from components.data.output_folder import (
     MARKER,
     MARKER_TEXT,
     check_apart,
+    check_replaceable,
     remove_own_output,
     remove_stale_partials,
     swap_in,
@@ -68,7 +70,6 @@ class IngestSummary:
         patients_per_label: patients per class, every class listed.
         rejects: every file not used, in path order; `path` is the real path.
         warnings: things worth a look that didn't stop any file (no PHI in them).
-        redacted: retained tag values replaced by `redacted` (dicom_attributes.safe_text).
     """
 
     out: Path
@@ -81,7 +82,6 @@ class IngestSummary:
     patients_per_label: dict[str, int]
     rejects: tuple[Reject, ...]
     warnings: tuple[str, ...]
-    redacted: int = 0
 
     @property
     def rejected_paths(self) -> list[tuple[Path, str]]:
@@ -114,6 +114,7 @@ def ingest(
     labels_csv: Path | None = None,
     progress: bool = True,
     max_frame_pixels: int = MAX_FRAME_PIXELS,
+    max_image_bytes: int = MAX_IMAGE_BYTES,
 ) -> IngestSummary:
     """Read every file under `dicom_root` and write the HU slices, manifest and rejects.
 
@@ -134,6 +135,8 @@ def ingest(
         progress: show a progress bar over files.
         max_frame_pixels: a file whose frames have more Rows x Columns is rejected unread
             (`frame_too_large`); params ingest.max_frame_pixels.
+        max_image_bytes: a file whose frames decode to more bytes in all is rejected unread
+            (`image_too_large`); params ingest.max_image_bytes.
 
     Returns:
         The summary, including every rejected file's real path for the console.
@@ -141,6 +144,7 @@ def ingest(
     Raises:
         FileNotFoundError: `dicom_root` or `labels_csv` does not exist.
         ValueError: empty classes or key, or a malformed labels CSV.
+        OutputFolderError: `out` holds files without the marker of an earlier ingest.
         NoUsableDataError: no usable CT slice was found (rejects.csv is still written).
     """
     root = Path(dicom_root)
@@ -155,6 +159,8 @@ def ingest(
     labels = read_labels_csv(Path(labels_csv)) if labels_csv is not None else None
 
     check_apart(root, out)
+    quiet_dicom_library()
+    check_replaceable(out)
     files = list_files(root, exclude=out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_partials(out)
@@ -169,6 +175,7 @@ def ingest(
             labels=labels,
             staging=new / "slices",
             max_frame_pixels=max_frame_pixels,
+            max_image_bytes=max_image_bytes,
         )
         for path in tqdm(files, desc="ingest", unit="file", disable=not progress):
             run.add(path)
@@ -240,5 +247,4 @@ def _finish(
         patients_per_label={label: len(p) for label, p in patients.items()},
         rejects=tuple(rejects),
         warnings=tuple(notes),
-        redacted=sum(value == REDACTED for row in rows for value in row.values()),
     )

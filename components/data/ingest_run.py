@@ -18,7 +18,8 @@ import numpy as np
 
 from components.data.deid import pseudonym
 from components.data.dicom import CtFile, CtSlice, open_ct
-from components.data.raw_tree import layout_problem
+from components.data.dicom_source import require_regular_file
+from components.data.raw_tree import LabelsCsv, layout_problem
 from components.data.rejects import DicomRejected, Reject, RejectReason
 
 PATIENT_PREFIX = "pt"
@@ -56,9 +57,10 @@ class IngestRun:
         root: Path,
         classes: tuple[str, ...],
         key: bytes,
-        labels: Mapping[str, str] | None,
+        labels: LabelsCsv | None,
         staging: Path,
         max_frame_pixels: int,
+        max_image_bytes: int,
     ) -> None:
         self.root = root
         self.classes = classes
@@ -66,6 +68,7 @@ class IngestRun:
         self.labels = labels
         self.staging = staging
         self.max_frame_pixels = max_frame_pixels
+        self.max_image_bytes = max_image_bytes
         self.accepted: list[_Accepted] = []
         self.rejects: list[tuple[str, Reject]] = []
         self.first_source: dict[str, str] = {}  # image_id -> source of the file that has it
@@ -97,6 +100,11 @@ class IngestRun:
         rel, parts = rel_path.as_posix(), rel_path.parts
         source = self.source(parts)
 
+        try:
+            require_regular_file(path)
+        except DicomRejected as exc:
+            self.reject(rel, source, path, exc.reason, exc.detail)
+            return
         if self.labels is None:
             problem = layout_problem(parts, self.classes)
             if problem is not None:
@@ -104,7 +112,7 @@ class IngestRun:
                 return
 
         try:
-            ct = _open(path, self.max_frame_pixels)
+            ct = _open(path, self.max_frame_pixels, self.max_image_bytes)
             owner = self._owner(ct, parts)
             identity = ct.sop_instance_uid or rel
             duplicate_of = self.first_source.get(self.image_id(identity, 0))
@@ -156,8 +164,10 @@ class IngestRun:
         if label not in self.classes:
             raise DicomRejected(
                 RejectReason.UNKNOWN_LABEL,
-                f"the labels CSV gives its patient the label {label!r}, not one of "
-                f"{', '.join(self.classes)}; fix the CSV or the classes in params.yaml",
+                f"line {self.labels.line(ct.patient_id)} of the labels CSV gives its patient a "
+                f"label that is not one of {', '.join(self.classes)} (the cell is not shown: "
+                "a shifted column may hold an identifier); fix the CSV or the classes in "
+                "params.yaml",
             )
         return _Owner(patient=self.pseudo(ct.patient_id, PATIENT_PREFIX), label=label)
 
@@ -180,7 +190,7 @@ class IngestRun:
         )
         rows: list[dict[str, Any]] = []
         try:
-            for frame, piece in enumerate(_slices(ct)):
+            for frame, piece in enumerate(_slices(ct, self.key)):
                 image_id = self.image_id(identity, frame)
                 np.save(self.staging / f"{image_id}.npy", piece.hu)
                 rows.append(
@@ -253,19 +263,19 @@ def _unexpected(exc: Exception) -> DicomRejected:
     )
 
 
-def _open(path: Path, max_frame_pixels: int) -> CtFile:
+def _open(path: Path, max_frame_pixels: int, max_image_bytes: int) -> CtFile:
     """`open_ct`, raising only DicomRejected: one bad file must never stop the run."""
     try:
-        return open_ct(path, max_frame_pixels)
+        return open_ct(path, max_frame_pixels, max_image_bytes)
     except DicomRejected:
         raise
     except Exception as exc:
         raise _unexpected(exc) from None
 
 
-def _slices(ct: CtFile) -> Iterator[CtSlice]:
-    """`ct.slices()`, raising only DicomRejected: one bad file must never stop the run."""
-    frames = ct.slices()
+def _slices(ct: CtFile, key: bytes) -> Iterator[CtSlice]:
+    """`ct.slices(key)`, raising only DicomRejected: one bad file must never stop the run."""
+    frames = ct.slices(key)
     while True:
         try:
             piece = next(frames)

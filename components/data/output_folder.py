@@ -1,8 +1,9 @@
 """The output folder of ingest: kept apart from the DICOM root, written whole or not at all.
 
 A run writes into a partial folder beside `out` that holds `MARKER`; `swap_in` then puts it
-in place of `out`, whose old contents are deleted only when ingest wrote them. CSVs are
-written atomically, and the partial folders of killed runs are cleaned up by the next one.
+in place of `out`, whose old contents are deleted only when ingest wrote them: the folder
+holds `MARKER` and nothing but what ingest writes. CSVs are written atomically, and the
+partial folders of killed runs are cleaned up by the next one.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from components.artifacts import MANIFEST_FILE, REJECTS_FILE, SLICES_DIR
 # Written into every output folder of ingest: what a later run may replace.
 MARKER = ".myelomet-ingest"
 MARKER_TEXT = "written by `myelomet ingest`; a later ingest into this folder replaces it\n"
-# What an output folder of ingest holds (older versions wrote no marker).
+# What an output folder of ingest holds.
 _OWN_ENTRIES = frozenset(
     {MANIFEST_FILE, REJECTS_FILE, SLICES_DIR, f".{SLICES_DIR}.partial", MARKER}
 )
@@ -44,9 +45,28 @@ def check_apart(root: Path, out: Path) -> None:
         )
 
 
-def _is_own_output(folder: Path) -> bool:
-    """True when every entry of `folder` is one ingest writes (or it has none)."""
-    return {p.name for p in folder.iterdir()} <= _OWN_ENTRIES
+def check_replaceable(out: Path) -> None:
+    """Raise OutputFolderError unless `out` is absent, an empty folder, or the output of an
+    earlier ingest: its marker, and only the files ingest writes. Nothing is changed."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise OutputFolderError(f"{out}: not a folder; choose an output folder")
+    if not out.exists():
+        return
+    names = {p.name for p in out.iterdir()}
+    if not names:
+        return
+    if MARKER not in names:
+        raise OutputFolderError(
+            f"{out}: the folder is not empty and has no {MARKER} marker of an earlier "
+            "`myelomet ingest`; nothing was changed; choose an empty or new output folder, "
+            "or empty this one yourself"
+        )
+    if not names <= _OWN_ENTRIES:
+        raise OutputFolderError(
+            f"{out}: the folder holds files that `myelomet ingest` did not write (e.g. "
+            f"{sorted(names - _OWN_ENTRIES)[:3]}); nothing was changed; choose an empty or "
+            "new output folder"
+        )
 
 
 def remove_own_output(folder: Path) -> None:
@@ -89,18 +109,12 @@ def _alive(pid: int) -> bool:
 
 def swap_in(new: Path, out: Path) -> None:
     """Put the finished output `new` in place of `out`: the old one is moved aside, then
-    its own files are deleted. A folder ingest did not write is never replaced."""
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise OutputFolderError(f"{out}: not a folder; choose an output folder")
+    its own files are deleted. A folder ingest did not write is never replaced (see
+    `check_replaceable`)."""
+    check_replaceable(out)
     if not out.exists():
         new.rename(out)
         return
-    if not _is_own_output(out):
-        raise OutputFolderError(
-            f"{out}: the folder holds files that `myelomet ingest` did not write (e.g. "
-            f"{sorted(p.name for p in out.iterdir() if p.name not in _OWN_ENTRIES)[:3]}); "
-            "nothing was changed; choose an empty or new output folder"
-        )
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     out.rename(old)
     new.rename(out)

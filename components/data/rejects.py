@@ -24,6 +24,8 @@ class RejectReason(StrEnum):
     UNREADABLE = "unreadable"
     BAD_RESCALE = "bad_rescale"
     FRAME_TOO_LARGE = "frame_too_large"
+    IMAGE_TOO_LARGE = "image_too_large"
+    NOT_REGULAR_FILE = "not_regular_file"
     # Decided by ingest, not by reading the file:
     NO_LABEL = "no_label"
     UNKNOWN_LABEL = "unknown_label"

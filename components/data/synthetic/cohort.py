@@ -22,11 +22,10 @@ from components.config import SyntheticConfig
 from components.data.synthetic.anatomy import Anatomy, sample_anatomy
 from components.data.synthetic.identity import deterministic_uid, fake_identity
 from components.data.synthetic.lesions import sample_lesion_tracks
+from components.data.synthetic.provenance import mark
 from components.data.synthetic.render import render_slice
 from components.data.synthetic.scanners import SCANNERS, ScannerProfile
 from components.data.synthetic.traits import PatientTraits, sample_traits
-
-_IMPLEMENTATION_UID = "2.25.145279823764210955357325357218383612403"
 
 
 @dataclass(frozen=True)
@@ -266,16 +265,15 @@ def _ct_dataset(
     slice_index: int,
     stored: np.ndarray,
 ) -> Dataset:
-    """One CT Image Storage dataset with its file meta."""
+    """One CT Image Storage dataset with its file meta and the synthesizer's marks."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = _IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "MYELOMET_SYN1"
 
     ds = Dataset()
     ds.file_meta = meta
+    mark(ds)
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID = CTImageStorage

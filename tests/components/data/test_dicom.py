@@ -1,9 +1,12 @@
+import os
+import tracemalloc
+
 import numpy as np
 import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 from pydicom.pixels.decoders.base import get_decoder
-from pydicom.uid import JPEG2000Lossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEG2000Lossless
 
 from components.data.dicom import MAX_FRAME_PIXELS, open_ct, read_ct
 from components.data.dicom_attributes import FRAME_COLUMNS
@@ -85,7 +88,7 @@ def test_frame_attributes_are_complete_and_identifiers_kept_apart(tmp_path):
     frame = image.frames[0]
     assert tuple(frame) == FRAME_COLUMNS
     assert frame["pixel_spacing_row"] == 0.7 and frame["pixel_spacing_col"] == 0.8
-    assert frame["kernel"] == "B70f" and frame["kvp"] == 120.0
+    assert frame["kernel"] == "" and frame["kvp"] == 120.0  # no key, no kernel pseudonym
     assert frame["hu_source"] == "rescale"
     assert frame["hu_min"] == int(written.hu.min()) and frame["hu_max"] == int(written.hu.max())
     assert image.patient_id == written.ds.PatientID
@@ -255,3 +258,72 @@ def test_compressed_pixel_data_with_fewer_frames_than_declared_is_unreadable(tmp
         list(ct.slices())
     assert caught.value.reason == RejectReason.UNREADABLE
     assert "fewer frames than the 3 of NumberOfFrames" in caught.value.detail
+
+
+@pytest.mark.timeout(30)
+def test_a_pipe_a_link_to_one_and_a_folder_are_refused_unopened(tmp_path):
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link.dcm").symlink_to(tmp_path / "pipe")
+    (tmp_path / "folder").mkdir()
+    for name in ("pipe", "link.dcm", "folder"):
+        with pytest.raises(DicomRejected) as caught:
+            read_ct(tmp_path / name)
+        assert caught.value.reason == RejectReason.NOT_REGULAR_FILE, name
+        assert str(tmp_path) not in caught.value.detail
+
+
+def test_a_deflated_multiframe_file_is_read_whole_and_named_deflated(tmp_path):
+    pixels = factory.stored_pixels(48, 40, frames=3, seed=4)
+    written = factory.write_deflated(tmp_path / "d.dcm", pixels=pixels)
+    for source in (written.path, written.path.read_bytes()):
+        image = read_ct(source)
+        np.testing.assert_array_equal(image.hu, written.hu)
+    assert open_ct(written.path).transfer_syntax == DeflatedExplicitVRLittleEndian
+
+
+def test_the_decoded_size_is_checked_before_inflating_or_decoding(tmp_path):
+    deflated = factory.write_deflate_bomb(tmp_path / "d.dcm", 512, 512, frames=64).path
+    rle = factory.write_rle_bomb(tmp_path / "r.dcm", 512, 512, frames=64).path
+    for source in (deflated, deflated.read_bytes(), rle, rle.read_bytes()):
+        with pytest.raises(DicomRejected) as caught:
+            read_ct(source, max_image_bytes=16 * 1024 * 1024)
+        assert caught.value.reason == RejectReason.IMAGE_TOO_LARGE
+        assert "33554432 bytes" in caught.value.detail and "max_image_bytes" in caught.value.detail
+    # within the limit, the same files decode
+    assert read_ct(deflated).hu.shape == read_ct(rle).hu.shape == (64, 512, 512)
+
+
+def test_a_deflated_file_that_inflates_past_its_header_is_refused(tmp_path):
+    lying = factory.write_deflate_bomb(tmp_path / "d.dcm", 64, 64, extra_zero_bytes=50_000_000)
+    tracemalloc.start()
+    try:
+        with pytest.raises(DicomRejected) as caught:
+            read_ct(lying.path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason == RejectReason.IMAGE_TOO_LARGE
+    assert "more than its header declares" in caught.value.detail
+    assert peak < 40 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("write", "side"), [(factory.write_jpeg2000, 4096), (factory.write_jpeg_lossless, 128)]
+)
+def test_a_compressed_frame_larger_than_the_header_says_is_never_decoded(tmp_path, write, side):
+    written = write(tmp_path / "big.dcm", pixels=np.zeros((side, side), np.int16))
+    ds = pydicom.dcmread(written.path)
+    ds.Rows = ds.Columns = 64
+    ds.save_as(tmp_path / "lying.dcm")
+    tracemalloc.start()
+    try:
+        with pytest.raises(DicomRejected) as caught:
+            read_ct(tmp_path / "lying.dcm")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert caught.value.reason == RejectReason.UNREADABLE
+    assert f"compressed as {side} x {side} pixels but the header says 64 x 64" in (
+        caught.value.detail
+    )
+    assert peak < 8 * 1024 * 1024, peak

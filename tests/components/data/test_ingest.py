@@ -1,11 +1,17 @@
 import csv
+import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from components.data.deid import pseudonym
 from components.data.dicom_attributes import FRAME_COLUMNS
 from components.data.ingest import MANIFEST_COLUMNS, REJECT_COLUMNS, NoUsableDataError, ingest
 from components.data.output_folder import MARKER, OutputFolderError
@@ -279,6 +285,7 @@ def test_nothing_usable_raises_and_still_writes_rejects(tmp_path):
     out = tmp_path / "out"
     (out / "slices").mkdir(parents=True)
     (out / "manifest.csv").write_text("stale\n")
+    (out / MARKER).write_text("an earlier ingest's\n")
     with pytest.raises(NoUsableDataError) as caught:
         ingest(root, out, CLASSES, KEY, progress=False)
     message = str(caught.value)
@@ -332,10 +339,33 @@ def test_a_folder_ingest_did_not_write_is_never_replaced(tmp_path):
     (out / "slices" / "figure.npy").write_bytes(b"mine")
     (out / "chapter1.docx").write_bytes(b"mine too")
     before = _tree(out)
-    with pytest.raises(OutputFolderError, match="did not write"):
+    with pytest.raises(OutputFolderError, match="nothing was changed"):
         ingest(root, out, CLASSES, KEY, progress=False)
     assert _tree(out) == before
     assert not list(tmp_path.glob(".thesis.*"))  # no partial output left behind
+
+
+def test_another_tools_output_with_ingests_file_names_is_refused_without_the_marker(tmp_path):
+    root = tmp_path / "raw"
+    factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1)
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    out = tmp_path / "results"
+    (out / "slices").mkdir(parents=True)
+    (out / "manifest.csv").write_text("subject,score\nS1,0.4\n")
+    (out / "rejects.csv").write_text("subject,why\n")
+    np.save(out / "slices" / "S1.npy", np.arange(4))
+    before = _tree(out)
+    with pytest.raises(OutputFolderError, match=f"no {MARKER} marker") as caught:
+        ingest(root, out, CLASSES, KEY, progress=False)
+    assert "\n" not in str(caught.value)
+    assert _tree(out) == before
+    assert not list(tmp_path.glob(".results.*"))
+    # an empty folder is fine, and the rerun into it replaces what ingest itself wrote
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ingest(root, empty, CLASSES, KEY, progress=False)
+    ingest(root, empty, CLASSES, KEY, progress=False)
+    assert (empty / MARKER).is_file() and len(_read_csv(empty / "manifest.csv")) == 2
 
 
 def test_a_rerun_replaces_its_own_output_and_the_leftovers_of_a_killed_run(tmp_path):
@@ -358,30 +388,27 @@ def test_a_rerun_replaces_its_own_output_and_the_leftovers_of_a_killed_run(tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["processed", "raw"]
 
 
-def test_retained_tags_that_could_identify_are_redacted_and_counted(tmp_path):
+def test_acquisition_text_becomes_a_vendor_and_keyed_pseudonyms(tmp_path):
     root, out = tmp_path / "raw", tmp_path / "out"
     planted = factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1).ds
-    planted.Manufacturer = "Roe^Richard MRN445566"  # outside the character set
+    planted.Manufacturer = "GE Medical Roe^Richard MRN445566"
     planted.ManufacturerModelName = "JANE 9000"  # the patient's own given name
-    planted.ConvolutionKernel = "K" * 65  # longer than any LO value
+    planted.ConvolutionKernel = "K" * 65
     planted.BodyPartExamined = "19510312"  # the patient's birth date
     planted.save_as(root / "MM" / "p1" / "a.dcm", enforce_file_format=True)
     factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
 
-    summary = ingest(root, out, CLASSES, KEY, progress=False)
+    ingest(root, out, CLASSES, KEY, progress=False)
     text = (out / "manifest.csv").read_text()
-    for value in ("Roe", "MRN445566", "JANE", "K" * 65, "19510312"):
+    for value in ("Roe", "MRN445566", "JANE", "K" * 65, "19510312", "ACME", "Tomo"):
         assert value.upper() not in text.upper()
     rows = {r["patient"]: r for r in _read_csv(out / "manifest.csv")}
     mm = next(r for r in rows.values() if r["label"] == "MM")
     ombt = next(r for r in rows.values() if r["label"] == "OMBT")
-    assert [mm[c] for c in ("manufacturer", "model", "kernel", "body_part")] == ["redacted"] * 4
-    assert (ombt["manufacturer"], ombt["model"], ombt["kernel"]) == (
-        "ACME Imaging",
-        "Tomo 9000",
-        "B70f",
-    )
-    assert summary.redacted == 4
+    assert (mm["manufacturer"], ombt["manufacturer"]) == ("GE", "other")
+    assert mm["model"] == pseudonym(KEY, "ge/jane 9000", "scanner")
+    assert ombt["kernel"] == pseudonym(KEY, "b70f", "kernel")
+    assert mm["body_part"] == pseudonym(KEY, "19510312", "bodypart")
 
 
 def test_dangling_and_looping_links_are_rejected_as_unreadable(tmp_path):
@@ -458,3 +485,110 @@ def test_peak_memory_stays_about_one_frame_whatever_the_file_size(tmp_path):
     # Reading the whole volume at once peaked at 11 times the file size; a 512x512 frame
     # is 0.5 MiB stored, 2 MiB as float64 HU.
     assert peak < size / 10, f"peak {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file"
+
+
+@pytest.mark.timeout(60)
+def test_pipes_sockets_and_links_to_them_get_a_reject_row_and_ingest_finishes(tmp_path):
+    root = tmp_path / "raw"
+    factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1)
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    os.mkfifo(root / "MM" / "p1" / "pipe")
+    os.mkfifo(tmp_path / "outside-pipe")
+    (root / "OMBT" / "p2" / "to-pipe.dcm").symlink_to(tmp_path / "outside-pipe")
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(root / "MM" / "p1" / "sock"))
+        summary = ingest(root, tmp_path / "out", CLASSES, KEY, progress=False)
+    assert summary.n_slices == 2 and summary.n_files == 5
+    rows = {r["source"].rsplit("/", 1)[0]: r for r in _read_csv(tmp_path / "out" / "rejects.csv")}
+    reasons = _reasons(tmp_path / "out")
+    assert sorted(reasons.values()) == ["not_regular_file"] * 3
+    details = " ".join(r.detail for r in summary.rejects)
+    assert "named pipe" in details and "socket" in details and "regular file" in details
+    assert all(r["source"].startswith(("MM/f-", "OMBT/f-")) for r in rows.values())
+
+
+def test_symlinked_class_and_patient_folders_are_followed(tmp_path):
+    root, elsewhere = tmp_path / "raw", tmp_path / "elsewhere"
+    factory.write_plain(elsewhere / "patient" / "a.dcm", seed=1)
+    factory.write_plain(elsewhere / "ombt" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    (root / "MM").mkdir(parents=True)
+    (root / "MM" / "p1").symlink_to(elsewhere / "patient")
+    (root / "OMBT").symlink_to(elsewhere / "ombt")
+    summary = ingest(root, tmp_path / "out", CLASSES, KEY, progress=False)
+    assert summary.n_rejects == 0
+    assert summary.patients_per_label == {"MM": 1, "OMBT": 1}
+
+
+def test_a_folder_link_loop_or_second_link_is_a_reject_row_not_a_hang(tmp_path):
+    root = tmp_path / "raw"
+    factory.write_plain(root / "MM" / "p1" / "a.dcm", seed=1)
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    (root / "MM" / "p1" / "back").symlink_to(root / "MM")  # a loop
+    (root / "OMBT" / "p3").symlink_to(root / "OMBT" / "p2")  # the same folder twice
+    (root / "MM" / "p1" / "self").symlink_to(root / "MM" / "p1" / "self")
+    summary = ingest(root, tmp_path / "out", CLASSES, KEY, progress=False)
+    assert summary.n_slices == 2
+    by_name = {r.path.name: r for r in summary.rejects}
+    assert set(by_name) == {"back", "self", "p3"} or set(by_name) == {"back", "self", "p2"}
+    assert by_name["back"].reason == "not_regular_file" and "loop" in by_name["back"].detail
+    assert by_name["self"].reason == "unreadable"
+
+
+# Reads the bombs in a fresh interpreter: ru_maxrss is the peak of the process, so the growth
+# over the peak after the imports is what reading them cost.
+_BOMB_READER = """
+import json, resource, sys
+from pathlib import Path
+from components.data.dicom import read_ct
+from components.data.ingest import ingest
+from components.data.rejects import DicomRejected
+
+def peak():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+base = peak()
+result = {"read": {}}
+for path in sys.argv[3:]:
+    try:
+        read_ct(path)
+        result["read"][Path(path).name] = "read"
+    except DicomRejected as exc:
+        result["read"][Path(path).name] = str(exc.reason)
+summary = ingest(Path(sys.argv[1]), Path(sys.argv[2]), ("MM", "OMBT"), b"k" * 32, progress=False)
+result["ingest"] = {r.path.name: str(r.reason) for r in summary.rejects}
+result["slices"] = summary.n_slices
+result["growth"] = peak() - base
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.timeout(300)
+def test_deflate_and_rle_bombs_are_refused_before_they_are_decoded(tmp_path):
+    root = tmp_path / "raw"
+    folder = root / "MM" / "p1"
+    bombs = [
+        factory.write_deflate_bomb(folder / "deflated-16384.dcm", 16384, 16384).path,
+        factory.write_rle_bomb(folder / "rle-60x4096.dcm", 4096, 4096, 60).path,
+        # a header that declares one small frame, and 300 MB of zeros after it
+        factory.write_deflate_bomb(
+            folder / "deflated-trailer.dcm", 64, 64, extra_zero_bytes=300_000_000
+        ).path,
+    ]
+    factory.write_plain(root / "OMBT" / "p2" / "a.dcm", seed=2, phi=OMBT_PHI)
+    done = subprocess.run(
+        [sys.executable, "-c", _BOMB_READER, str(root), str(tmp_path / "out"), *map(str, bombs)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parents[3],
+        timeout=240,
+    )
+    result = json.loads(done.stdout)
+    expected = {
+        "deflated-16384.dcm": "frame_too_large",
+        "rle-60x4096.dcm": "image_too_large",
+        "deflated-trailer.dcm": "image_too_large",
+    }
+    assert result["read"] == expected and result["ingest"] == expected
+    assert result["slices"] == 1
+    assert result["growth"] < 300 * 1024 * 1024, result["growth"]

@@ -19,9 +19,11 @@ import csv
 import io
 import os
 import signal
+import socket
 import struct
 import tempfile
 import time
+import tracemalloc
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -43,6 +45,7 @@ from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
+from components.data.dicom_source import TRAILER_BYTES
 from components.data.ingest import IngestSummary, ingest
 from components.data.rejects import RejectReason
 from tests import dicom_factory as factory
@@ -372,12 +375,13 @@ def _time_limit(seconds: float) -> Iterator[None]:
             signal.setitimer(signal.ITIMER_REAL, left, interval)
 
 
-def _ingest_within(root: Path, out: Path, seconds: float) -> IngestSummary:
-    """`ingest`, any exception it lets out (even a BaseException, like the Rust panics of the
-    decoder plugins) or a run over `seconds` turned into a test failure hypothesis shrinks."""
+def _ingest_within(root: Path, out: Path, seconds: float, **limits: int) -> IngestSummary:
+    """`ingest` (with `limits`, its size limits), any exception it lets out (even a
+    BaseException, like the Rust panics of the decoder plugins) or a run over `seconds` turned
+    into a test failure hypothesis shrinks."""
     try:
         with _time_limit(seconds):
-            return ingest(root, out, CLASSES, KEY, progress=False)
+            return ingest(root, out, CLASSES, KEY, progress=False, **limits)
     except _TooSlow:
         raise AssertionError(f"ingest of two small files took over {seconds} s") from None
     except (KeyboardInterrupt, SystemExit):
@@ -386,9 +390,10 @@ def _ingest_within(root: Path, out: Path, seconds: float) -> IngestSummary:
         raise AssertionError(f"{type(exc).__name__} escaped ingest: {exc}") from exc
 
 
-def _ingest_and_check(data: bytes) -> str:
-    """Ingest `data` as a file of the MM patient next to the good OMBT file; check that the
-    run survives, keeps the good file and accounts for the mutated one once, with no PHI.
+def _ingest_and_check(data: bytes, **limits: int) -> str:
+    """Ingest `data` as a file of the MM patient next to the good OMBT file (with `limits`,
+    ingest's size limits); check that the run survives, keeps the good file and accounts for
+    the mutated one once, with no PHI.
 
     Returns:
         Where the mutated file ended: MANIFEST, or its reject reason.
@@ -401,7 +406,7 @@ def _ingest_and_check(data: bytes) -> str:
             path.parent.mkdir(parents=True)
             path.write_bytes(content)
 
-        summary = _ingest_within(root, out, INGEST_SECONDS)
+        summary = _ingest_within(root, out, INGEST_SECONDS, **limits)
 
         manifest = _read_csv(out / "manifest.csv")
         rejects = _read_csv(out / "rejects.csv")
@@ -477,3 +482,130 @@ def test_damaged_bytes_are_ingested_or_rejected(data, seed_name):
     damaged = _damage(_seeds()[seed_name].data, ops)
     counts = OUTCOMES.setdefault("damaged bytes", Counter())
     counts[_ingest_and_check(damaged)] += 1
+
+
+# --- bombs, special files and linked folders (issue #20) --------------------------------
+
+# Limits of the bomb runs, far below the defaults so that the bombs are quick to write: each
+# must be refused from its header, before a byte of it is inflated or decoded.
+BOMB_LIMITS = {"max_frame_pixels": 1024 * 1024, "max_image_bytes": 8 * 1024 * 1024}
+BOMB_PEAK_BYTES = 64 * 1024 * 1024  # what tracemalloc sees: Python objects and numpy arrays
+
+bombs = st.tuples(
+    st.sampled_from(("deflate", "rle")),
+    st.sampled_from((64, 256, 1024, 2048)),  # rows = columns
+    st.integers(1, 40),  # frames
+    st.sampled_from((0, 4096, 1 << 20, 32 << 20)),  # zeros after the pixels (deflate only)
+)
+
+
+@pytest.mark.slow
+@settings(FUZZ_SETTINGS, max_examples=24)
+@given(bomb=bombs)
+@example(bomb=("deflate", 2048, 40, 0))
+@example(bomb=("rle", 2048, 40, 0))
+@example(bomb=("deflate", 64, 1, 32 << 20))
+def test_bombs_are_refused_from_their_header(bomb):
+    """Deflate and RLE files that decode to far more than their size: refused unread."""
+    kind, side, frames, extra = bomb
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bomb.dcm"
+        if kind == "deflate":
+            factory.write_deflate_bomb(path, side, side, frames, extra, phi=FUZZ_PHI)
+        else:
+            factory.write_rle_bomb(path, side, side, frames, phi=FUZZ_PHI)
+        data = path.read_bytes()
+    tracemalloc.start()
+    try:
+        outcome = _ingest_and_check(data, **BOMB_LIMITS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    if side * side > BOMB_LIMITS["max_frame_pixels"]:
+        assert outcome == RejectReason.FRAME_TOO_LARGE
+    elif side * side * frames * 2 > BOMB_LIMITS["max_image_bytes"] or (
+        kind == "deflate" and extra > TRAILER_BYTES  # more than the header declares
+    ):
+        assert outcome == RejectReason.IMAGE_TOO_LARGE
+    assert peak < BOMB_PEAK_BYTES, peak
+    OUTCOMES.setdefault("bombs", Counter())[outcome] += 1
+
+
+ENTRIES = (
+    "pipe",
+    "socket",
+    "link to a pipe",
+    "dangling link",
+    "link to itself",
+    "link to the class folder",
+    "linked patient folder",
+    "second link to a patient folder",
+)
+LINKED_PHI = factory.Phi(patient_name="Linkwell^Oona", patient_id="LINKED-0077")
+
+
+def _plant(kind: str, root: Path, outside: Path, stack: contextlib.ExitStack) -> str:
+    """Put one `kind` of entry into the tree; return the reason expected for it, MANIFEST, or
+    "either" when one of two links to the same folder is walked and the other rejected."""
+    patient = root / "MM" / FUZZ_FOLDER
+    if kind == "pipe":
+        os.mkfifo(patient / "pipe")
+        return RejectReason.NOT_REGULAR_FILE
+    if kind == "socket":
+        server = stack.enter_context(socket.socket(socket.AF_UNIX))
+        server.bind(str(patient / "sock"))
+        return RejectReason.NOT_REGULAR_FILE
+    if kind == "link to a pipe":
+        os.mkfifo(outside / "pipe")
+        (patient / "to-pipe.dcm").symlink_to(outside / "pipe")
+        return RejectReason.NOT_REGULAR_FILE
+    if kind == "dangling link":
+        (patient / "gone.dcm").symlink_to(outside / "missing.dcm")
+        return RejectReason.UNREADABLE
+    if kind == "link to itself":
+        (patient / "self.dcm").symlink_to(patient / "self.dcm")
+        return RejectReason.UNREADABLE
+    if kind == "link to the class folder":
+        (patient / "back").symlink_to(root / "MM")
+        return RejectReason.NOT_REGULAR_FILE
+    if kind == "linked patient folder":
+        factory.write_plain(outside / "linked" / "0001.dcm", phi=LINKED_PHI, seed=9)
+        (root / "MM" / "Linkwell_Oona").symlink_to(outside / "linked")
+        return MANIFEST
+    (root / "MM" / "again").symlink_to(patient)
+    return "either"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@settings(FUZZ_SETTINGS, max_examples=30)
+@given(kinds=st.lists(st.sampled_from(ENTRIES), min_size=1, max_size=4, unique=True))
+def test_special_files_and_linked_folders_are_accounted_for(kinds):
+    """Pipes, sockets, dangling and looping links, linked folders: ingest finishes, each entry
+    is ingested or has its reject row, and no name from the tree reaches an output."""
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        root, out, outside = Path(tmp) / "raw", Path(tmp) / "processed", Path(tmp) / "outside"
+        patient, good = root / "MM" / FUZZ_FOLDER, root / "OMBT" / GOOD_FOLDER / "0001.dcm"
+        for folder in (patient, good.parent, outside):
+            folder.mkdir(parents=True)
+        (patient / FUZZ_FILE).write_bytes(_seeds()["explicit_little"].data)
+        good.write_bytes(_good_file())
+        expected = {kind: _plant(kind, root, outside, stack) for kind in kinds}
+
+        summary = _ingest_within(root, out, INGEST_SECONDS)
+
+        reasons = Counter(str(r.reason) for r in summary.rejects)
+        wanted = Counter(str(r) for r in expected.values() if r not in (MANIFEST, "either"))
+        wanted[RejectReason.NOT_REGULAR_FILE] += "either" in expected.values()
+        assert reasons == wanted, (reasons, wanted)
+        manifest = _read_csv(out / "manifest.csv")
+        assert len(manifest) == 2 + (expected.get("linked patient folder") == MANIFEST)
+        written = "\n".join(
+            [(out / name).read_text(encoding="utf-8") for name in ("manifest.csv", "rejects.csv")]
+            + list(summary.warnings)
+        )
+        planted = {*_planted(), "Linkwell", "LINKED-0077", "again", "to-pipe", "gone.dcm"}
+        assert not [value for value in planted if value in written]
+    for outcome in expected.values():
+        shown = RejectReason.NOT_REGULAR_FILE if outcome == "either" else outcome
+        OUTCOMES.setdefault("special entries", Counter())[str(shown)] += 1
