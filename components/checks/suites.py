@@ -19,6 +19,16 @@ from great_expectations.expectations.row_conditions import Column
 
 from components.checks.phi import ExpectNoPhiColumns
 from components.config import ValidationConfig
+from components.data.dicom_attributes import (
+    BODY_PART_PREFIX,
+    BURNED_IN_TERMS,
+    GREYSCALE,
+    KERNEL_PREFIX,
+    OTHER,
+    PSEUDONYM_LENGTH,
+    SCANNER_PREFIX,
+    VENDORS,
+)
 from components.data.split import FOLD_COLUMN, SPLITS
 
 SUITES = ("manifest", "pixels", "split")
@@ -41,6 +51,12 @@ SPLIT_REQUIRED = ("image_id", "patient", "label", "split")
 HU_FLOOR = -2048.0
 HU_CEILING = 4095.0
 PSEUDONYM_PATTERN = r"^pt-[0-9a-f]{8,}$"
+# The acquisition columns hold no header text: keyed pseudonyms, or terms of a vocabulary.
+ACQUISITION_PSEUDONYMS = {
+    "model": SCANNER_PREFIX,
+    "kernel": KERNEL_PREFIX,
+    "body_part": BODY_PART_PREFIX,
+}
 
 
 def _tag(check: str, description: str) -> dict[str, Any]:
@@ -81,6 +97,38 @@ def manifest_suite(cfg: ValidationConfig, classes: Sequence[str]) -> gx.Expectat
                 "no slice flagged BurnedInAnnotation YES (text in the pixels may be PHI)",
             ),
         ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="manufacturer",
+            value_set=list(VENDORS),
+            **_tag("vendor_in_vocabulary", f"manufacturer empty or one of {', '.join(VENDORS)}"),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="photometric",
+            value_set=list(GREYSCALE),
+            **_tag("photometric_greyscale", f"photometric one of {', '.join(GREYSCALE)}"),
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="burned_in_annotation",
+            value_set=[*BURNED_IN_TERMS, OTHER],
+            **_tag(
+                "burned_in_coded",
+                f"burned_in_annotation empty or one of {', '.join([*BURNED_IN_TERMS, OTHER])}",
+            ),
+        ),
+    ]
+    for col, prefix in ACQUISITION_PSEUDONYMS.items():
+        pattern = rf"^{prefix}-[0-9a-f]{{{PSEUDONYM_LENGTH}}}$"
+        e.append(
+            gxe.ExpectColumnValuesToMatchRegex(
+                column=col,
+                regex=pattern,
+                **_tag(
+                    "acquisition_pseudonymised",
+                    f"{col} empty or a keyed pseudonym matching {pattern}, never header text",
+                ),
+            )
+        )
+    e += [
         gxe.ExpectColumnValuesToMatchRegex(
             column="patient",
             regex=PSEUDONYM_PATTERN,

@@ -1,21 +1,29 @@
 """The de-identified attributes of a CT frame, and the safe reading of header values.
 
-`FRAME_COLUMNS` are the manifest columns `frame_attributes` gives for one frame. The helpers
-read values out of a header without trusting them: numbers that may be missing or malformed,
-attributes of enhanced multi-frame images in their functional groups, free text copied only
-when `safe_text` finds it holds no patient identifier, and names of SOP classes and transfer
-syntaxes that keep UIDs out of the outputs.
+`FRAME_COLUMNS` are the manifest columns `frame_attributes` gives for one frame. No text of
+the header is copied into them: the scanner's maker becomes a name from a fixed vocabulary
+(`vendor`), its model, reconstruction kernel and body part become keyed pseudonyms
+(`scanner-…`, `kernel-…`, `bodypart-…`: equal values get equal pseudonyms, so they can
+stratify, and nobody without the key can read or test them), coded attributes keep only
+their defined terms, and numbers are kept within the range a CT scanner gives. The helpers
+read values without trusting them: numbers that may be missing or malformed, attributes of
+enhanced multi-frame images in their functional groups, and names of SOP classes and
+transfer syntaxes that keep UIDs out of the outputs.
 """
 
 from __future__ import annotations
 
+import math
 import re
+import unicodedata
 from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
+
+from components.data.deid import pseudonym
 
 # Attributes of each frame, in manifest order; none of them identifies a patient.
 FRAME_COLUMNS: tuple[str, ...] = (
@@ -46,6 +54,59 @@ FRAME_COLUMNS: tuple[str, ...] = (
     "hu_min",
     "hu_max",
 )
+
+# The prefixes of the keyed pseudonyms of the free-text attributes (see `frame_attributes`).
+SCANNER_PREFIX = "scanner"
+KERNEL_PREFIX = "kernel"
+BODY_PART_PREFIX = "bodypart"
+PSEUDONYM_LENGTH = 12
+
+OTHER = "other"  # a maker out of the vocabulary, a burned-in flag neither YES nor NO
+# Each vendor and the words of Manufacturer (upper-case ASCII, split at anything else) that
+# name it, former names included: Toshiba Medical became Canon, Hitachi's imaging Fujifilm,
+# and Marconi (formerly Picker) and Elscint's CT went to Philips.
+_VENDOR_WORDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("GE", ("GE", "GEMS", "GEHC", "GENERAL ELECTRIC", "IMATRON")),
+    ("Siemens", ("SIEMENS",)),
+    ("Philips", ("PHILIPS", "MARCONI", "PICKER", "ELSCINT")),
+    ("Canon/Toshiba", ("CANON", "TOSHIBA")),
+    ("Hitachi", ("HITACHI",)),
+    ("Fujifilm", ("FUJIFILM", "FUJI")),
+    ("United Imaging", ("UIH", "UNITED IMAGING")),
+    ("Neusoft", ("NEUSOFT",)),
+    ("Samsung/NeuroLogica", ("SAMSUNG", "NEUROLOGICA")),
+    ("Shimadzu", ("SHIMADZU",)),
+)
+VENDORS: tuple[str, ...] = (*(name for name, _ in _VENDOR_WORDS), OTHER)
+
+GREYSCALE = ("MONOCHROME1", "MONOCHROME2")
+# Defined terms of coded attributes (PS3.3): only these are ever shown, any other text is not.
+PHOTOMETRIC_TERMS = frozenset(
+    {
+        *GREYSCALE, "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL", "YBR_FULL_422",
+        "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT", "XYB",
+    }
+)  # fmt: skip
+MODALITY_TERMS = frozenset(
+    {
+        "AR", "ASMT", "AU", "BDUS", "BI", "BMD", "CFM", "CR", "CT", "CTPROTOCOL", "DG", "DMS",
+        "DOC", "DX", "ECG", "EPS", "ES", "FID", "GM", "HC", "HD", "IO", "IOL", "IVOCT", "IVUS",
+        "KER", "KO", "LEN", "LS", "M3D", "MG", "MR", "NM", "OAM", "OCT", "OP", "OPM", "OPT",
+        "OPV", "OSS", "OT", "PLAN", "POS", "PR", "PT", "PX", "REG", "RESP", "RF", "RG",
+        "RTDOSE", "RTIMAGE", "RTPLAN", "RTRECORD", "RTSTRUCT", "RWV", "SEG", "SM", "SMR", "SR",
+        "SRF", "STAIN", "TEXTUREMAP", "TG", "US", "VA", "XA", "XAPROTOCOL", "XC",
+    }
+)  # fmt: skip
+BURNED_IN_TERMS = ("YES", "NO")
+
+# The range of each number a CT frame can hold. A value outside it is no measurement (a date
+# or an ID typed into the wrong field, say) and is left out: no bound leaves room for 6
+# digits before the decimal point, so no date or record number is copied as a number.
+_POSITION_MM = 99_999.0
+_SPACING_MM = 1_000.0
+_KVP = 1_000.0
+_INSTANCES = 99_999
+_RESCALE = 99_999.0
 
 
 # Newer than pydicom 3.0's UID dictionary.
@@ -104,54 +165,59 @@ def as_int(value: Any) -> int | None:
         return None
 
 
-# What a retained free-text value may look like: scanner names, kernels, body parts.
-_SAFE_TEXT = re.compile(r"[A-Za-z0-9 ._+\-/()]*")
-SAFE_TEXT_MAX = 64  # the longest LO value
-REDACTED = "redacted"
-# Attributes whose values (and name components) are the patient's own identifiers.
-_IDENTIFYING = (
-    "PatientName", "PatientID", "OtherPatientIDs", "PatientBirthDate", "AccessionNumber",
-    "IssuerOfPatientID", "OtherPatientNames", "PatientMotherBirthName", "MedicalRecordLocator",
-)  # fmt: skip
-
-
-def patient_identifiers(ds: Dataset) -> frozenset[str]:
-    """The patient's identifiers in this file, upper case: whole values and the parts of
-    names and IDs (at least 3 characters), for `safe_text` to look for."""
-    found: set[str] = set()
-    for keyword in _IDENTIFYING:
-        value = ds.get(keyword)
-        if value is None:
-            continue
-        values = value if isinstance(value, list | tuple | MultiValue) else [value]
-        for item in values:
-            whole = str(item).strip().upper()
-            found.add(whole)
-            found.update(re.split(r"[\^\s,.\-_/]+", whole))
-    return frozenset(v for v in found if len(v) >= 3)
-
-
-def safe_text(value: str, identifiers: frozenset[str] = frozenset()) -> str:
-    """`value` when it is safe to copy into an output, else REDACTED: a strict character
-    set, at most SAFE_TEXT_MAX characters, and none of the patient's identifiers in it."""
-    if not value:
-        return ""
-    upper = value.upper()
-    if (
-        len(value) > SAFE_TEXT_MAX
-        or not _SAFE_TEXT.fullmatch(value)
-        or any(token in upper for token in identifiers)
-    ):
-        return REDACTED
+def _within(value: float | None, low: float, high: float) -> float | None:
+    """`value` when it is a finite number in [low, high], else None."""
+    if value is None or not math.isfinite(value) or not low <= value <= high:
+        return None
     return value
 
 
 def _text(value: Any) -> str:
+    """The value as one string, the values of a multi-valued one joined with `/`."""
     if value is None:
         return ""
     if isinstance(value, list | tuple | MultiValue):
         return "/".join(str(v).strip() for v in value)
     return str(value).strip()
+
+
+def _words(value: str) -> str:
+    """`value` in upper-case ASCII words, one space apart: accents dropped, anything that
+    is not a letter or digit a separator (`Siemens-Healthineers` -> `SIEMENS HEALTHINEERS`)."""
+    ascii_text = unicodedata.normalize("NFKD", value).encode("ascii", "ignore").decode()
+    return " ".join(re.split(r"[^A-Z0-9]+", ascii_text.upper())).strip()
+
+
+def vendor(manufacturer: Any) -> str:
+    """The maker named by a Manufacturer value, from `VENDORS`; "" when there is none.
+
+    Exactly one vendor's words must occur in it as whole words; any other text (no known
+    maker, or two of them) is `other`, so no text of the header is ever passed on.
+    """
+    words = _words(_text(manufacturer))
+    if not words:
+        return ""
+    padded = f" {words} "
+    found = {name for name, names in _VENDOR_WORDS if any(f" {n} " in padded for n in names)}
+    return found.pop() if len(found) == 1 else OTHER
+
+
+def text_pseudonym(value: Any, prefix: str, key: bytes | None) -> str:
+    """The keyed pseudonym of a free-text attribute, "" when it is empty or there is no key.
+
+    The text is compared as Unicode NFKC, case-folded, runs of white space made one space,
+    so `B70f` and ` b70F` are one kernel.
+    """
+    text = " ".join(unicodedata.normalize("NFKC", _text(value)).casefold().split())
+    if not text or not key:
+        return ""
+    return pseudonym(key, text, prefix, PSEUDONYM_LENGTH)
+
+
+def coded(value: Any, terms: frozenset[str] | tuple[str, ...]) -> str | None:
+    """A coded attribute's value when it is one of its defined `terms`, else None."""
+    text = _text(value).upper()
+    return text if text in terms else None
 
 
 def _pair(value: Any) -> tuple[float | None, float | None]:
@@ -171,6 +237,12 @@ def sop_class_name(ds: Dataset) -> str:
     return uid.name if uid.name != str(uid) else "private SOP class"
 
 
+def _burned_in(value: Any) -> str:
+    if not _text(value):
+        return ""
+    return coded(value, BURNED_IN_TERMS) or OTHER
+
+
 def frame_attributes(
     ds: Dataset,
     tsyntax: UID,
@@ -180,19 +252,28 @@ def frame_attributes(
     slope: float | None,
     intercept: float | None,
     hu_source: str,
-    identifiers: frozenset[str] = frozenset(),
+    key: bytes | None = None,
 ) -> dict[str, Any]:
-    """The manifest columns of one frame; free-text tags pass `safe_text`."""
+    """The manifest columns of one frame, none of them header text.
 
-    def text(value: Any) -> str:
-        return safe_text(_text(value), identifiers)
-
+    `manufacturer` is a name of `VENDORS`; `model`, `kernel` and `body_part` are pseudonyms
+    under `key` (empty without one: predict and serving write no manifest); `photometric`
+    and `burned_in_annotation` keep their defined terms only (any other burned-in value is
+    `other`); numbers out of a CT scanner's range are left empty.
+    """
     spacing_row, spacing_col = _pair(_lookup(ds, "PixelSpacing", frame, "PixelMeasuresSequence"))
     position = _lookup(ds, "ImagePositionPatient", frame, "PlanePositionSequence")
     try:
         position_z = float(position[2]) if position is not None else None
     except (TypeError, ValueError, IndexError):
         position_z = None
+    thickness = as_float(_lookup(ds, "SliceThickness", frame, "PixelMeasuresSequence"))
+    instance = as_float(ds.get("InstanceNumber"))
+    kvp = as_float(_lookup(ds, "KVP", frame, "CTXRayDetailsSequence"))
+    manufacturer = vendor(ds.get("Manufacturer"))
+    # the model under its maker's name: two makers' "CT 64" are two scanners
+    model = _text(ds.get("ManufacturerModelName"))
+    kernel = _lookup(ds, "ConvolutionKernel", frame, "CTReconstructionSequence")
     return {
         "frame": frame,
         "n_frames": n_frames,
@@ -200,24 +281,24 @@ def frame_attributes(
         "sop_class": sop_class_name(ds),
         "rows": int(hu.shape[0]),
         "columns": int(hu.shape[1]),
-        "pixel_spacing_row": spacing_row,
-        "pixel_spacing_col": spacing_col,
-        "slice_thickness": as_float(_lookup(ds, "SliceThickness", frame, "PixelMeasuresSequence")),
-        "position_z": position_z,
-        "instance_number": as_int(ds.get("InstanceNumber")),
-        "body_part": text(ds.get("BodyPartExamined")),
-        "manufacturer": text(ds.get("Manufacturer")),
-        "model": text(ds.get("ManufacturerModelName")),
-        "kernel": text(_lookup(ds, "ConvolutionKernel", frame, "CTReconstructionSequence")),
-        "kvp": as_float(_lookup(ds, "KVP", frame, "CTXRayDetailsSequence")),
-        "rescale_slope": slope,
-        "rescale_intercept": intercept,
+        "pixel_spacing_row": _within(spacing_row, 0.0, _SPACING_MM),
+        "pixel_spacing_col": _within(spacing_col, 0.0, _SPACING_MM),
+        "slice_thickness": _within(thickness, 0.0, _SPACING_MM),
+        "position_z": _within(position_z, -_POSITION_MM, _POSITION_MM),
+        "instance_number": as_int(_within(instance, 0, _INSTANCES)),
+        "body_part": text_pseudonym(ds.get("BodyPartExamined"), BODY_PART_PREFIX, key),
+        "manufacturer": manufacturer,
+        "model": text_pseudonym(model and f"{manufacturer}/{model}", SCANNER_PREFIX, key),
+        "kernel": text_pseudonym(kernel, KERNEL_PREFIX, key),
+        "kvp": _within(kvp, 0.0, _KVP),
+        "rescale_slope": _within(slope, -_RESCALE, _RESCALE),
+        "rescale_intercept": _within(intercept, -_RESCALE, _RESCALE),
         "hu_source": hu_source,
         "bits_stored": as_int(ds.get("BitsStored")),
         "pixel_representation": as_int(ds.get("PixelRepresentation")),
-        "photometric": text(ds.get("PhotometricInterpretation")),
+        "photometric": coded(ds.get("PhotometricInterpretation"), GREYSCALE) or "",
         "transfer_syntax": tsyntax.keyword or syntax_label(tsyntax),
-        "burned_in_annotation": text(ds.get("BurnedInAnnotation")),
+        "burned_in_annotation": _burned_in(ds.get("BurnedInAnnotation")),
         "hu_min": int(hu.min()),
         "hu_max": int(hu.max()),
     }

@@ -28,9 +28,11 @@ from pydicom.uid import (
 )
 
 from components.data.dicom_attributes import (
+    GREYSCALE,
+    MODALITY_TERMS,
+    PHOTOMETRIC_TERMS,
     as_int,
-    patient_identifiers,
-    safe_text,
+    coded,
     sop_class_name,
     syntax_label,
 )
@@ -47,7 +49,7 @@ _CORE_TAGS = (
     0x7FE00010,  # PixelData
 )
 _UNDEFINED_LENGTH = 0xFFFFFFFF
-_GREY = ("MONOCHROME1", "MONOCHROME2")
+_MOST_FRAMES = 99_999  # a NumberOfFrames quoted in a message: no room for a date or an ID
 
 _LIBJPEG = "run `pip install pylibjpeg pylibjpeg-libjpeg` (or `pip install python-gdcm`)"
 _OPENJPEG = "run `pip install pylibjpeg pylibjpeg-openjpeg` (or `pip install python-gdcm`)"
@@ -188,11 +190,11 @@ def require_ct(ds: Dataset) -> None:
     modality = str(ds.get("Modality", "") or "").strip()
     if modality == "CT":
         return
-    found = (
-        f"modality {safe_text(modality, patient_identifiers(ds))}"
-        if modality
-        else "no Modality attribute"
-    )
+    # only a defined term is shown: any other text could be anything typed at the scanner
+    if not modality:
+        found = "no Modality attribute"
+    else:
+        found = f"modality {coded(modality, MODALITY_TERMS) or 'of no defined term'}"
     raise DicomRejected(
         RejectReason.MODALITY_NOT_CT,
         f"{found}, expected CT; keep only the CT series in the patient folder",
@@ -203,9 +205,11 @@ def require_greyscale(ds: Dataset) -> None:
     """Reject a colour image: only MONOCHROME1/2 with one sample carries HU (`colour_image`)."""
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if samples == 1 and photometric in _GREY:
+    if samples == 1 and photometric in GREYSCALE:
         return
-    shown = safe_text(photometric, patient_identifiers(ds)) if photometric else "missing"
+    shown = coded(photometric, PHOTOMETRIC_TERMS) or (
+        "of no defined term" if photometric else "missing"
+    )
     raise DicomRejected(
         RejectReason.COLOUR_IMAGE,
         f"photometric interpretation {shown} with {samples} samples per pixel; "
@@ -222,9 +226,13 @@ def geometry(ds: Dataset, max_frame_pixels: int) -> tuple[int, int, int]:
     rows, columns = as_int(ds.get("Rows")), as_int(ds.get("Columns"))
     n_frames = as_int(ds.get("NumberOfFrames")) or 1
     if rows is None or columns is None or rows < 1 or columns < 1 or n_frames < 1:
+        # Rows and Columns are 16-bit; NumberOfFrames is text, which could hold a record number
+        frames = (
+            n_frames if -_MOST_FRAMES <= n_frames <= _MOST_FRAMES else "an impossible number of"
+        )
         raise DicomRejected(
             RejectReason.UNREADABLE,
-            f"the header gives {rows} rows, {columns} columns and {n_frames} frames; the "
+            f"the header gives {rows} rows, {columns} columns and {frames} frames; the "
             "image attributes are broken, re-export the file from the PACS",
         )
     if rows * columns > max_frame_pixels:

@@ -26,10 +26,13 @@ from components.checks.summaries import (
 )
 from components.checks.tables import pixel_stats
 from components.config import SplitConfig, ValidationConfig
+from components.data.deid import pseudonym
+from components.data.dicom_attributes import KERNEL_PREFIX, SCANNER_PREFIX
 from components.data.split import FOLD_COLUMN, split_manifest
 from tests.offline_html import assert_offline, remote_loads
 
 CLASSES = ("MM", "OMBT")
+KEY = b"a test key of at least sixteen bytes"
 SIZE = 64
 PATIENTS_PER_CLASS = 5
 SLICES_PER_PATIENT = 3
@@ -101,9 +104,10 @@ def write_dataset(root: Path, seed: int = 0) -> Dataset:
                         "pixel_spacing_row": 0.7,
                         "pixel_spacing_col": 0.7,
                         "slice_thickness": 1.25,
-                        "manufacturer": "ACME",
-                        "model": "Scan 64",
-                        "kernel": "B70f",
+                        "manufacturer": "Siemens",
+                        "model": pseudonym(KEY, "siemens/scan 64", SCANNER_PREFIX),
+                        "kernel": pseudonym(KEY, "b70f", KERNEL_PREFIX),
+                        "body_part": "",
                         "kvp": 120,
                         "rescale_slope": 1.0,
                         "rescale_intercept": -1024.0,
@@ -205,6 +209,14 @@ def _burned_in_annotation(manifest: pd.DataFrame, split: pd.DataFrame, root: Pat
     manifest.loc[5, "burned_in_annotation"] = "YES"
 
 
+def _header_text_as_model(manifest: pd.DataFrame, split: pd.DataFrame, root: Path) -> None:
+    manifest.loc[3, "model"] = "Doe Jane 1951-03-12"
+
+
+def _vendor_out_of_vocabulary(manifest: pd.DataFrame, split: pd.DataFrame, root: Path) -> None:
+    manifest.loc[3, "manufacturer"] = "St Example General"
+
+
 def _split_without_one_class(manifest: pd.DataFrame, split: pd.DataFrame, root: Path) -> None:
     split.loc[(split["split"] == "val") & (split["label"] == "OMBT"), "split"] = "train"
 
@@ -218,6 +230,8 @@ FAULTS: dict[str, tuple[Callable[[pd.DataFrame, pd.DataFrame, Path], None], str]
     "PHI column patient_id": (_patient_id_column, "manifest.no_phi_columns"),
     "split without one class": (_split_without_one_class, "split.split_has_all_classes"),
     "burned-in annotation": (_burned_in_annotation, "manifest.no_burned_in_annotation"),
+    "header text as model": (_header_text_as_model, "manifest.acquisition_pseudonymised"),
+    "vendor out of vocabulary": (_vendor_out_of_vocabulary, "manifest.vendor_in_vocabulary"),
 }
 
 
