@@ -6,7 +6,8 @@ Every relative path in it is resolved against the project root, the folder of pa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -19,12 +20,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from components.metric_names import parse_metric_name
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No section takes an infinite or NaN number (`.inf`, `.nan` in YAML).
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Window(_Frozen):
@@ -68,6 +71,7 @@ class IngestConfig(_Frozen):
     key_env: str = "MYELOMET_DEID_KEY"
     key_file: str = ".myelomet/deid.key"
     max_frame_pixels: int = Field(4096 * 4096, ge=1)
+    max_image_bytes: int = Field(1024**3, ge=1)
 
 
 class InputConfig(_Frozen):
@@ -345,9 +349,9 @@ def load_config(params: str | Path = "params.yaml") -> Config:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not YAML (the message names line and column) or not a
-            mapping.
-        pydantic.ValidationError: a value is missing, mistyped or out of range.
+        ValueError: the file is not YAML (the message names line and column), not a
+            mapping, or a value is missing, mistyped, out of range or not finite (one line
+            naming each key).
     """
     path = Path(params).resolve()
     if not path.is_file():
@@ -363,4 +367,30 @@ def load_config(params: str | Path = "params.yaml") -> Config:
         raise ValueError(f"{where}: not valid YAML ({problem}); fix the file there") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    return Config(root=path.parent, **raw)
+    for where, value in _numbers(raw):
+        if not math.isfinite(value):
+            raise ValueError(f"{path}: {where} is {value}; give a finite number")
+    try:
+        return Config(root=path.parent, **raw)
+    except ValidationError as exc:
+        problems = "; ".join(_problem(e) for e in exc.errors())
+        raise ValueError(f"{path}: {problems}; fix the file there") from None
+
+
+def _numbers(raw: object, where: str = "") -> Iterator[tuple[str, float]]:
+    """Every float in the parsed YAML, with its dotted key."""
+    if isinstance(raw, float):
+        yield where, raw
+    elif isinstance(raw, dict):
+        for key, value in raw.items():
+            yield from _numbers(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(raw, list):
+        for i, value in enumerate(raw):
+            yield from _numbers(value, f"{where}[{i}]")
+
+
+def _problem(error: ErrorDetails) -> str:
+    """One validation error on one line: the key, then pydantic's message."""
+    where = ".".join(map(str, error["loc"]))
+    message = " ".join(error["msg"].removeprefix("Value error, ").split())
+    return f"{where}: {message}" if where else message

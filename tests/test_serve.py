@@ -20,7 +20,7 @@ from bench.bench_serving_load import (
     single_answers,
 )
 from components.registry import pyfunc
-from tests.dicom_factory import stored_pixels, write_plain
+from tests.dicom_factory import stored_pixels, write_plain, write_raw_attribute
 from tests.serving_server import (
     CHAMPION,
     CHAMPION_THRESHOLD,
@@ -103,6 +103,42 @@ def test_records_with_a_bad_item_still_predict_the_good_one(served, dicom_file):
     assert bad["p_mm"] is None and bad["error"].startswith("not_dicom")
 
 
+def test_a_bad_value_in_one_file_is_its_error_row_and_the_good_file_is_answered(
+    served, dicom_file, tmp_path
+):
+    url, local = served
+    abc = write_raw_attribute(tmp_path / "abc.dcm", "RescaleSlope", b"abc ")
+    tiny = write_plain(tmp_path / "tiny.dcm", slope=1e-300).path
+    files = {"good.dcm": dicom_file, "abc.dcm": abc, "tiny.dcm": tiny}
+    data = [[_b64(f.read_bytes()), name] for name, f in files.items()]
+    body = {"dataframe_split": {"columns": ["dicom", "name"], "data": data}}
+
+    response = requests.post(f"{url}/invocations", json=body, timeout=60)
+
+    assert response.status_code == 200, response.text
+    good, bad, near_zero = response.json()["predictions"]
+    [expected] = local.predict({"dicom": [dicom_file.read_bytes()]}).to_dict(orient="records")
+    assert good["file"] == "good.dcm" and good["error"] is None
+    assert good["p_mm"] == pytest.approx(expected["p_mm"], rel=1e-4)
+    assert bad["file"] == "abc.dcm" and bad["p_mm"] is None
+    assert bad["error"] == (
+        "bad_rescale: RescaleSlope is not one number; the file's modality LUT is broken, "
+        "export the series again"
+    )
+    assert near_zero["p_mm"] is None and near_zero["error"].startswith("bad_rescale: ")
+    assert "stack_trace" not in response.text and "abc" not in bad["error"]
+
+
+def _refusal(response: requests.Response) -> str:
+    """The message of a refused request, checked to be one line with no stack trace or
+    copy of the request."""
+    assert response.status_code == 400
+    body = response.json()
+    assert "stack_trace" not in body and "\n" not in body["message"]
+    assert "Failed to predict data" not in body["message"]
+    return body["message"]
+
+
 def test_a_body_that_is_not_json_is_a_400_that_says_so(served):
     url, _ = served
     response = requests.post(
@@ -128,16 +164,17 @@ def test_an_oversize_payload_is_a_400(served, tmp_path):
 
     response = requests.post(f"{url}/invocations", json=body, timeout=60)
 
-    assert response.status_code == 400
-    assert f"over the limit of {REQUEST_LIMIT}" in response.json()["message"]
+    assert _refusal(response).startswith(f"the request carries {len(big)} bytes of DICOM, over")
 
 
 def test_the_server_does_not_read_paths_on_its_disk(served, dicom_file):
     url, _ = served
     body = {"dataframe_split": {"columns": ["path"], "data": [[str(dicom_file)]]}}
     response = requests.post(f"{url}/invocations", json=body, timeout=30)
-    assert response.status_code == 400
-    assert "does not read files from its own disk" in response.json()["message"]
+    assert _refusal(response).startswith("the model server does not read files from its own disk")
+    no_column = {"dataframe_split": {"columns": ["name"], "data": [["x"]]}}
+    response = requests.post(f"{url}/invocations", json=no_column, timeout=30)
+    assert _refusal(response).startswith('send a "dicom" column')
 
 
 def test_a_bounded_concurrent_load_is_answered_right_every_time(served, dicom_file, tmp_path):

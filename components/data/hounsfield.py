@@ -31,14 +31,19 @@ def to_hu(pixels: np.ndarray, lut: Dataset, ds: Dataset) -> np.ndarray:
 HU_RANGE = (-4096, 32767)
 
 
+# The smallest slope magnitude kept: below it even 16 stored bits could not span the 1000 HU
+# between air and water, so the image would come out as (almost) one grey.
+MIN_SLOPE = 1000 / 2**16
+
+
 def check_rescale(rescale: tuple[float | None, float | None, str]) -> None:
-    """Reject a slope that is zero or not finite, or an intercept that is not finite
+    """Reject a slope that is not finite or nearly zero, or an intercept that is not finite
     (`bad_rescale`)."""
     slope, intercept, _ = rescale
-    if slope is not None and (not math.isfinite(slope) or slope == 0):
+    if slope is not None and (not math.isfinite(slope) or abs(slope) < MIN_SLOPE):
         raise DicomRejected(
             RejectReason.BAD_RESCALE,
-            f"RescaleSlope is {slope}: every pixel would map to one value or none; the "
+            f"RescaleSlope is {slope}: every pixel would map to (almost) one value or none; the "
             "file's modality LUT is broken, export the series again",
         )
     if intercept is not None and not math.isfinite(intercept):
@@ -93,12 +98,27 @@ def rescale_of(ds: Dataset) -> tuple[float | None, float | None, str]:
     if ds.get("ModalityLUTSequence"):
         return None, None, "modality_lut_sequence"
     if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-        return (
-            as_float(ds.get("RescaleSlope", 1.0)),
-            as_float(ds.get("RescaleIntercept", 0.0)),
-            "rescale",
-        )
+        return _number(ds, "RescaleSlope", 1.0), _number(ds, "RescaleIntercept", 0.0), "rescale"
     return None, None, "none"
+
+
+def _number(ds: Dataset, keyword: str, default: float) -> float:
+    """The attribute's one number (`default` when absent).
+
+    Raises:
+        DicomRejected: it is present but empty, text or several values (`bad_rescale`); the
+            value itself is not quoted.
+    """
+    if keyword not in ds:
+        return default
+    value = as_float(ds[keyword].value)
+    if value is None:
+        raise DicomRejected(
+            RejectReason.BAD_RESCALE,
+            f"{keyword} is not one number; the file's modality LUT is broken, export the "
+            "series again",
+        )
+    return value
 
 
 def frame_lut(ds: Dataset, frame: int) -> Dataset:

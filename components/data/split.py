@@ -160,13 +160,21 @@ def split_manifest(
         fold, then image_id.
 
     Raises:
-        SplitError: a patient carries two labels, a class has fewer patients than splits
-            (or than folds), a `stratify` column is missing, `folds` is 1, 2, negative or
-            asked of image mode, or (patient mode) a patient ended up in two splits.
+        SplitError: a row lacks its image_id, patient or label, a patient carries two
+            labels, a class has fewer patients than splits (or than folds), a `stratify`
+            column is missing, `folds` is 1, 2, negative or asked of image mode, or
+            (patient mode) a patient ended up in two splits.
     """
     missing = [c for c in ("image_id", "patient", "label") if c not in manifest.columns]
     if missing:
         raise SplitError(f"manifest lacks columns {missing}; rerun `myelomet ingest`")
+    for column in ("image_id", "patient", "label"):
+        empty = [i + 1 for i, blank in enumerate(manifest[column].isna()) if blank]
+        if empty:
+            raise SplitError(
+                f"manifest data rows {empty[:5]} (counted from 1) have no {column} "
+                f"({len(empty)} rows); the manifest was edited or damaged: rerun `myelomet ingest`"
+            )
     if mode not in ("patient", "image"):
         raise SplitError(f"split mode {mode!r} unknown; use 'patient' or 'image'")
     if folds and (folds < MIN_FOLDS or mode != "patient"):

@@ -26,7 +26,8 @@ import numpy as np
 from components.artifacts import probability_column
 from components.config import Window
 from components.data.dataset import model_input
-from components.data.dicom import MAX_FRAME_PIXELS, read_ct
+from components.data.dicom import MAX_FRAME_PIXELS, CtImage, read_ct
+from components.data.dicom_warnings import quiet_dicom_library
 from components.data.raw_tree import list_files
 from components.data.rejects import DicomRejected, RejectReason
 from components.training.loop import predict
@@ -40,7 +41,8 @@ MAX_ITEM_BYTES = 64 * 1024 * 1024
 PREDICT_BATCH = 32
 SPEC_FORMAT = 1
 
-Source = str | os.PathLike[str] | bytes | bytearray | memoryview
+# A DicomRejected stands for an item the caller already found unusable: it gets its error row.
+Source = str | os.PathLike[str] | bytes | bytearray | memoryview | DicomRejected
 
 
 @dataclass(frozen=True)
@@ -264,11 +266,12 @@ class Predictor:
         """Predict every slice of DICOM files given as paths, folders or bytes.
 
         Folders are walked for files (sorted). A file that is not a usable greyscale CT image,
-        is larger than `max_item_bytes` or has frames over `max_frame_pixels`, gets an error
-        row and the others are still predicted.
+        is larger than `max_item_bytes`, has frames over `max_frame_pixels` or fails in any
+        other way while it is read, gets an error row and the others are still predicted.
 
         Args:
-            sources: file paths, folder paths or file contents.
+            sources: file paths, folder paths or file contents (or a DicomRejected for an
+                item found unusable before, which gets its error row).
             names: what to call each source in the `file` field; default the path, or
                 `bytes[i]` for contents. A walked file is `<name>/<relative path>`.
 
@@ -326,7 +329,7 @@ class Predictor:
             try:
                 if isinstance(item, DicomRejected):
                     raise item
-                image = read_ct(self._checked(item), self.max_frame_pixels)
+                image = _read(self._checked(item), self.max_frame_pixels, self.max_item_bytes)
             except DicomRejected as exc:
                 rows.append(({"file": name, "error": str(exc) + _base64_hint(item, exc)}, ""))
                 continue
@@ -353,8 +356,8 @@ class Predictor:
         else:
             try:
                 size = item.stat().st_size
-            except OSError:
-                return item  # read_ct says why it can't be opened
+            except (OSError, ValueError):  # ValueError: a NUL byte in the path
+                return item  # reading it says why it can't be opened
         if size > self.max_item_bytes:
             raise DicomRejected(
                 RejectReason.UNREADABLE,
@@ -374,12 +377,33 @@ class Predictor:
             row["threshold"] = threshold
 
 
+def _read(item: Path | bytes, max_frame_pixels: int, max_image_bytes: int) -> CtImage:
+    """`read_ct`, raising only DicomRejected: one bad file must never sink the request. An
+    unforeseen failure is named by its type only (a library's message may quote the header).
+    `max_image_bytes` bounds the decoded size: every frame is held at once here.
+    """
+    quiet_dicom_library()
+    try:
+        return read_ct(item, max_frame_pixels, max_image_bytes)
+    except DicomRejected:
+        raise
+    except Exception as exc:
+        raise DicomRejected(
+            RejectReason.UNREADABLE,
+            f"unexpected {type(exc).__name__} while reading it; check the file opens in a DICOM "
+            "viewer, and report it if it does",
+        ) from None
+
+
 def _expand(
     sources: Sequence[Source], names: Sequence[str] | None
 ) -> Iterator[tuple[str, Path | bytes | DicomRejected]]:
     """(name, path or bytes) of every item, a folder replaced by the files under it (or by a
     rejection when it holds none)."""
     for i, source in enumerate(sources):
+        if isinstance(source, DicomRejected):
+            yield (names[i] if names is not None else f"item[{i}]"), source
+            continue
         if isinstance(source, bytes | bytearray | memoryview):
             yield (names[i] if names is not None else f"bytes[{i}]"), bytes(source)
             continue

@@ -2,7 +2,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pydantic import ValidationError
 
 from components.config import SplitConfig, load_config
 
@@ -42,8 +41,28 @@ def _write(tmp_path: Path, data: dict) -> Path:
     ],
 )
 def test_bad_params_fail_with_a_message_naming_the_key(tmp_path, data, message):
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValueError, match=message) as caught:
         load_config(_write(tmp_path, data))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("training:\n  learning_rate: .inf\n", "training.learning_rate is inf"),
+        ("input:\n  windows:\n    bone: {center: .nan, width: 1800}\n", "bone.center is nan"),
+        ("training:\n  overrides:\n    VGG16: {learning_rate: -.inf}\n", "VGG16.learning_rate"),
+        ("validation:\n  bone_fraction: [0.01, .NaN]\n", r"validation.bone_fraction\[1\] is nan"),
+    ],
+)
+def test_non_finite_numbers_are_refused_in_one_line(tmp_path, text, key):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"{key}.*give a finite number") as caught:
+        load_config(path)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="finite number"):
+        SplitConfig(train=float("nan"))
 
 
 def test_missing_params_file_says_what_to_do(tmp_path):

@@ -18,6 +18,7 @@ from components.data.split import (
     split_manifest,
     write_split,
 )
+from myelomet.cli import main
 
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 
@@ -299,3 +300,19 @@ def test_write_split_without_folds_writes_the_single_split(tmp_path):
     assert outcome.folds == 0
     assert list(pd.read_csv(outcome.path).columns) == SPLIT_COLUMNS
     assert outcome.table.index.names == ["split", "label", "manufacturer"]
+
+
+def test_a_manifest_row_without_a_label_is_one_line_from_the_split_command(tmp_path, capsys):
+    manifest = _cv_manifest()
+    manifest.loc[[3, 10], "label"] = np.nan
+    (tmp_path / "processed").mkdir()
+    manifest.to_csv(tmp_path / "processed" / MANIFEST_FILE, index=False)
+    params = tmp_path / "params.yaml"
+    params.write_text("ingest:\n  out: processed\nsplit:\n  out: splits/split.csv\n")
+
+    code = main(["--params", str(params), "split"])
+
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert "rows [4, 11] (counted from 1) have no label (2 rows)" in err
+    assert not (tmp_path / "splits" / "split.csv").exists()

@@ -1,4 +1,10 @@
+import importlib.util
 import json
+import re
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import keras
@@ -6,15 +12,22 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components import tracking
 from components.data.dicom import read_ct
-from components.registry.pyfunc import ALLOW_PATHS_ENV, MAX_REQUEST_BYTES_ENV, log_candidate
+from components.registry.pyfunc import (
+    ALLOW_PATHS_ENV,
+    MAX_REQUEST_BYTES_ENV,
+    RequestRefused,
+    log_candidate,
+)
 from tests.components.registry.registry_support import THRESHOLDS, keras_p, run_cli
-from tests.dicom_factory import write_mr, write_multiframe
+from tests.dicom_factory import write_mr, write_multiframe, write_plain, write_raw_attribute
 from tests.model_factory import BACKBONE, CLASSES, POSITIVE, WINDOWS
+from tests.tool_env import project_env
 
 CONTRACT = ["file", "frame", "p_mm", "label", "threshold", "error"]
 
@@ -80,20 +93,19 @@ def test_the_pyfunc_predicts_dicom_bytes_and_paths_like_keras_on_model_input(
 
 def test_the_pyfunc_refuses_requests_it_cannot_serve(pyfunc, ct_files, monkeypatch):
     model = pyfunc.unwrap_python_model()
-    with pytest.raises(MlflowException, match='send a "dicom" column'):
-        model.predict(None, pd.DataFrame({"name": ["x"]}))
-    with pytest.raises(MlflowException, match="dicom holds str, not bytes"):
-        model.predict(None, pd.DataFrame({"dicom": ["aGVsbG8="]}))
-    with pytest.raises(MlflowException, match="row 0 has neither dicom nor path"):
-        model.predict(None, pd.DataFrame({"dicom": [None], "path": [None]}))
 
+    def refused(frame: pd.DataFrame, match: str) -> None:
+        with pytest.raises(RequestRefused, match=match) as caught:
+            model.predict(None, frame)
+        caught.value.message = "Failed to predict data '<the request>'. \nError: ..."
+        assert re.search(match, caught.value.message) and "\n" not in caught.value.message
+
+    refused(pd.DataFrame({"name": ["x"]}), 'send a "dicom" column')
     monkeypatch.setattr(model, "max_request_bytes", 1000)
-    with pytest.raises(MlflowException, match="over the limit of 1000"):
-        model.predict(None, pd.DataFrame({"dicom": [ct_files[0].read_bytes()]}))
+    refused(pd.DataFrame({"dicom": [ct_files[0].read_bytes()]}), "over the limit of 1000")
 
     monkeypatch.setenv("_MLFLOW_IS_IN_SERVING_ENVIRONMENT", "true")
-    with pytest.raises(MlflowException, match="does not read files from its own disk"):
-        model.predict(None, pd.DataFrame({"path": [str(ct_files[0])]}))
+    refused(pd.DataFrame({"path": [str(ct_files[0])]}), "does not read files from its own disk")
     monkeypatch.setenv(ALLOW_PATHS_ENV, "1")
     assert model.predict(None, pd.DataFrame({"path": [str(ct_files[0])]}))["error"].isna().all()
 
@@ -141,12 +153,21 @@ def test_the_pyfunc_and_the_cli_answer_per_series(logged, pyfunc, ct_files, para
     ]
 
 
-@pytest.mark.parametrize("damage", ["pickle", "keras"])
+@pytest.mark.parametrize(
+    "damage", ["pickle", "pickle-overflow", "pickle-random", "mlmodel-not-yaml", "keras"]
+)
 def test_a_damaged_model_is_one_line_naming_the_file(logged, ct_files, params, tmp_path, damage):
     local = Path(mlflow.artifacts.download_artifacts(logged.model_uri, dst_path=str(tmp_path)))
+    broken = local / "python_model.pkl"
     if damage == "pickle":
-        broken = local / "python_model.pkl"
         broken.write_bytes(broken.read_bytes()[:40])
+    elif damage == "pickle-overflow":  # a protocol-4 frame longer than any machine holds
+        broken.write_bytes(b"\x80\x04\x95" + b"\xff" * 8)
+    elif damage == "pickle-random":
+        broken.write_bytes(np.random.default_rng(20).bytes(4096))
+    elif damage == "mlmodel-not-yaml":
+        broken = local / "MLmodel"
+        broken.write_text("flavors: [python_function\n  loader: {: x\n")
     else:
         broken = local / "artifacts" / "model.keras"
         broken.write_bytes(broken.read_bytes()[:2000])
@@ -164,3 +185,158 @@ def test_log_candidate_needs_the_training_outputs_of_every_member(store, study, 
             store, study, "ensemble", [BACKBONE, "MobileNet"], models_dir, WINDOWS, CLASSES,
             POSITIVE, THRESHOLDS,
         )  # fmt: skip
+
+
+def test_one_bad_file_is_one_error_row_and_the_rest_is_answered(pyfunc, ct_files, tmp_path):
+    abc = write_raw_attribute(tmp_path / "abc.dcm", "RescaleSlope", b"abc ")
+    tiny = write_plain(tmp_path / "tiny.dcm", slope=1e-300).path
+    frame = pd.DataFrame(
+        {
+            "dicom": [
+                ct_files[0].read_bytes(),
+                abc.read_bytes(),
+                "aGVsbG8=",
+                None,
+                tiny.read_bytes(),
+            ],
+            "name": ["good.dcm", "abc.dcm", "text", "empty", "tiny.dcm"],
+        }
+    )
+
+    out = pyfunc.predict(frame)
+
+    assert list(out["file"]) == ["good.dcm", "abc.dcm", "text", "empty", "tiny.dcm"]
+    assert out["error"][0] is None and 0 <= out["p_mm"][0] <= 1
+    assert out["p_mm"][1:].isna().all()
+    assert out["error"][1].startswith("bad_rescale: RescaleSlope is not one number")
+    assert out["error"][2].startswith("not_dicom: row 2: dicom holds str, not bytes")
+    assert out["error"][3].startswith("not_dicom: row 3 has neither dicom nor path")
+    assert out["error"][4].startswith("bad_rescale: RescaleSlope is 1e-300")
+    [series] = pyfunc.predict(
+        frame.assign(name=[f"scan/{n}" for n in frame["name"]], per="series")
+    )[["series", "n_slices", "n_rejected"]].to_dict(orient="records")
+    assert series == {"series": "scan", "n_slices": 1, "n_rejected": 4}
+
+
+def test_predict_prints_a_line_for_each_file_good_or_bad(logged, ct_files, params, tmp_path):
+    abc = write_raw_attribute(tmp_path / "abc.dcm", "RescaleSlope", b"abc ")
+
+    code, out, err = run_cli(
+        params, "predict", "--model", logged.model_uri, str(ct_files[0]), str(abc)
+    )
+
+    good, bad = (json.loads(line) for line in out.splitlines())
+    assert code == 0 and "Traceback" not in err
+    assert good["file"] == str(ct_files[0]) and 0 <= good["p_mm"] <= 1
+    assert bad == {
+        "file": str(abc),
+        "error": "bad_rescale: RescaleSlope is not one number; the file's modality LUT is "
+        "broken, export the series again",
+    }
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
+def test_a_keras_backend_that_is_not_installed_is_one_line(ct_files, params):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "myelomet.cli",
+            "--params",
+            str(params),
+            "predict",
+            str(ct_files[0]),
+        ],
+        env=project_env({"KERAS_BACKEND": "torch"}),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "myelomet predict: error: KERAS_BACKEND=torch needs torch, which is not installed "
+        "here; set KERAS_BACKEND to tensorflow or jax, the backends myelomet installs"
+    )
+
+
+def _damaged_copy(store, tmp_path: Path, damage: str, artifacts: Path | None = None) -> Path:
+    """A project whose params point at a copy of the store's database (which must exist: ask
+    for the `logged` fixture), damaged as named, and at the store's artifacts (or at
+    `artifacts`: a moved project)."""
+    database = Path(store.tracking_uri.removeprefix("sqlite:///"))
+    copy = tmp_path / "mlruns" / "mlflow.db"
+    copy.parent.mkdir()
+    data = database.read_bytes()
+    if damage == "truncated":
+        data = data[: len(data) // 3]
+    elif damage == "corrupt":  # a run of pages overwritten in the middle of the file
+        middle = len(data) // 2
+        data = data[:middle] + np.random.default_rng(3).bytes(16384) + data[middle + 16384 :]
+    elif damage == "not-sqlite":
+        data = b"this is not a database\n" * 100
+    copy.write_bytes(data)
+    params = tmp_path / "params.yaml"
+    artifacts = artifacts or Path(store.artifact_location.removeprefix("file://"))
+    params.write_text(
+        yaml.safe_dump(
+            {"tracking": {"uri": f"sqlite:///{copy}", "artifacts": str(artifacts),
+                          "experiment": store.experiment}}
+        )
+    )  # fmt: skip
+    return params
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt", "not-sqlite"])
+def test_a_damaged_store_is_one_line_in_predict_and_doctor(
+    logged, store, ct_files, tmp_path, damage, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _damaged_copy(store, tmp_path, damage)
+    for command in (["predict", str(ct_files[0])], ["doctor"]):
+        code, out, err = run_cli(params, *command)
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert err.startswith(f"myelomet {command[0]}: error: the MLflow database ")
+        assert " is damaged (" in err and "restore it from a backup" in err
+
+
+def test_a_locked_store_is_one_line_after_the_busy_timeout(
+    logged, store, ct_files, tmp_path, monkeypatch
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tracking, "STORE_BUSY_TIMEOUT_S", 0.5)
+    params = _damaged_copy(store, tmp_path, "intact")
+    assert run_cli(params, "doctor")[0] == 0
+    holder = sqlite3.connect(tmp_path / "mlruns" / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        for command in (["predict", str(ct_files[0])], ["doctor"]):
+            started = time.monotonic()
+            code, _, err = run_cli(params, *command)
+            assert code == 2 and err.count("\n") == 1 and "stayed locked" in err, err
+            assert time.monotonic() - started < 30
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert run_cli(params, "doctor")[0] == 0
+
+
+def test_a_store_another_process_writes_to_is_one_line_in_doctor_relocate(
+    logged, store, tmp_path, monkeypatch
+):
+    """The lock comes after the integrity check here (a writer does not stop readers): the
+    rewrite's own sqlite error is the one line."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    params = _damaged_copy(store, tmp_path, "intact", artifacts=tmp_path / "moved-artifacts")
+    holder = sqlite3.connect(tmp_path / "mlruns" / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        code, out, err = run_cli(params, "doctor", "--relocate")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("myelomet doctor: error: the MLflow database failed (OperationalError")
+    assert "database is locked" in err and "run `myelomet doctor`" in err
+    code, out, _ = run_cli(params, "doctor", "--relocate")
+    assert code == 0 and "relocated the MLflow store" in out

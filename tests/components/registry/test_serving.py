@@ -16,6 +16,7 @@ from tests.dicom_factory import (
     write_multiframe,
     write_not_dicom,
     write_plain,
+    write_raw_attribute,
     write_rgb,
 )
 from tests.model_factory import (
@@ -227,6 +228,58 @@ def test_a_slice_with_an_impossible_rescale_gets_an_error_not_a_probability(pred
     bad = write_plain(tmp_path / "bad.dcm", slope=0.0).path
     rows = predictor.predict_sources([bad])
     assert "p_mm" not in rows[0] and rows[0]["error"].startswith("bad_rescale:")
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value", "why"),
+    [
+        ("RescaleSlope", b"abc ", "RescaleSlope is not one number"),
+        ("RescaleSlope", b"1\\2 ", "RescaleSlope is not one number"),
+        ("RescaleIntercept", b"MRN12345", "RescaleIntercept is not one number"),
+        ("RescaleSlope", b"1e-300", "RescaleSlope is 1e-300"),
+        ("RescaleSlope", b"-1e-9 ", "RescaleSlope is -1e-09"),
+        ("RescaleSlope", b"NaN ", "RescaleSlope is nan"),
+    ],
+)
+def test_an_unusable_rescale_value_is_that_file_s_error_row_alone(
+    predictor, ct_files, tmp_path, keyword, value, why
+):
+    bad = write_raw_attribute(tmp_path / "bad.dcm", keyword, value)
+
+    rows = predictor.predict_sources([ct_files[0], bad, ct_files[1]])
+
+    assert [r["file"] for r in rows] == [str(ct_files[0]), str(bad), str(ct_files[1])]
+    assert set(rows[1]) == {"file", "error"} and rows[1]["error"].startswith("bad_rescale: ")
+    assert why in rows[1]["error"] and "MRN" not in rows[1]["error"]
+    good = predictor.predict_sources([ct_files[0], ct_files[1]])
+    assert [rows[0]["p_mm"], rows[2]["p_mm"]] == pytest.approx([r["p_mm"] for r in good])
+
+
+def test_the_smallest_slope_kept_still_spans_air_to_water(predictor, tmp_path):
+    """A slope just above the floor keeps its file; one just below is refused."""
+    floor = 1000 / 2**16
+    kept = write_plain(tmp_path / "kept.dcm", slope=floor * 1.01, intercept=-20).path
+    refused = write_plain(tmp_path / "refused.dcm", slope=floor * 0.99, intercept=-20).path
+    rows = predictor.predict_sources([kept, refused])
+    assert "error" not in rows[0] and rows[1]["error"].startswith("bad_rescale: RescaleSlope is")
+
+
+def test_a_failure_no_reject_reason_foresees_is_an_error_row_naming_its_type_only(
+    predictor, ct_files
+):
+    rows = predictor.predict_sources([ct_files[0], "scan/with\x00nul.dcm", ct_files[1]])
+    assert [("error" in r) for r in rows] == [False, True, False]
+    assert rows[1]["error"] == (
+        "unreadable: unexpected ValueError while reading it; check the file opens in a DICOM "
+        "viewer, and report it if it does"
+    )
+
+
+def test_items_found_unusable_before_reading_get_their_own_error_row(predictor, ct_files):
+    early = serving.DicomRejected(serving.RejectReason.NOT_DICOM, "row 1 holds text")
+    rows = predictor.predict_sources([ct_files[0], early], ["good.dcm", "row-1"])
+    assert rows[0]["file"] == "good.dcm" and "error" not in rows[0]
+    assert rows[1] == {"file": "row-1", "error": "not_dicom: row 1 holds text"}
 
 
 def _series(folder, n: int, uid: str, seed: int = 0, prefix: str = "") -> None:
