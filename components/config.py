@@ -7,9 +7,9 @@ Every relative path in it is resolved against the project root, the folder of pa
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,7 +20,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails
 
 from components.metric_names import parse_metric_name
 
@@ -72,6 +71,14 @@ class IngestConfig(_Frozen):
     key_file: str = ".myelomet/deid.key"
     max_frame_pixels: int = Field(4096 * 4096, ge=1)
     max_image_bytes: int = Field(1024**3, ge=1)
+
+
+class PullConfig(_Frozen):
+    max_connections: int = Field(4, ge=1, le=64)
+    retries: int = Field(3, ge=0)
+    backoff_s: float = Field(0.5, ge=0)
+    timeout_s: float = Field(60.0, gt=0)
+    calling_aet: str = Field("MYELOMET", min_length=1, max_length=16)
 
 
 class InputConfig(_Frozen):
@@ -319,6 +326,7 @@ class Config(_Frozen):
     synthetic: SyntheticConfig = SyntheticConfig()
     data: DataConfig = DataConfig()
     ingest: IngestConfig = IngestConfig()
+    pull: PullConfig = PullConfig()
     input: InputConfig = InputConfig()
     split: SplitConfig = SplitConfig()
     validation: ValidationConfig = ValidationConfig()
@@ -389,7 +397,7 @@ def _numbers(raw: object, where: str = "") -> Iterator[tuple[str, float]]:
             yield from _numbers(value, f"{where}[{i}]")
 
 
-def _problem(error: ErrorDetails) -> str:
+def _problem(error: Mapping[str, Any]) -> str:
     """One validation error on one line: the key, then pydantic's message."""
     where = ".".join(map(str, error["loc"]))
     message = " ".join(error["msg"].removeprefix("Value error, ").split())

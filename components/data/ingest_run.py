@@ -19,6 +19,7 @@ import numpy as np
 from components.data.deid import pseudonym
 from components.data.dicom import CtFile, CtSlice, open_ct
 from components.data.dicom_source import require_regular_file
+from components.data.pulled import GivenNames, given_names
 from components.data.raw_tree import LabelsCsv, layout_problem
 from components.data.rejects import DicomRejected, Reject, RejectReason
 
@@ -88,8 +89,11 @@ class IngestRun:
         ]
         return "/".join(parts)
 
-    def image_id(self, identity: str, frame: int) -> str:
-        """The pseudonym of a frame of a file; `identity` is its SOP Instance UID, else its path."""
+    def image_id(self, identity: str, frame: int, given: GivenNames | None = None) -> str:
+        """The pseudonym of a frame of a file; `identity` is its SOP Instance UID, else its path.
+        A file `myelomet pull` wrote has its own (`given`), made from the original UID."""
+        if given is not None and frame < len(given.images):
+            return given.images[frame]
         return self.pseudo(f"{identity}#{frame}", IMAGE_PREFIX, IMAGE_ID_LENGTH)
 
     def reject(self, rel: str, source: str, path: Path, reason: RejectReason, detail: str) -> None:
@@ -113,10 +117,13 @@ class IngestRun:
 
         try:
             ct = _open(path, self.max_frame_pixels, self.max_image_bytes)
-            owner = self._owner(ct, parts)
+            given = given_names(ct.header, self.key)
+            owner = self._owner(ct, parts, given)
             identity = ct.sop_instance_uid or rel
-            duplicate_of = self.first_source.get(self.image_id(identity, 0))
-            rows = [] if duplicate_of is not None else self._write_slices(ct, identity, owner)
+            duplicate_of = self.first_source.get(self.image_id(identity, 0, given))
+            rows = (
+                [] if duplicate_of is not None else self._write_slices(ct, identity, owner, given)
+            )
         except DicomRejected as exc:
             self.reject(rel, source, path, exc.reason, exc.detail)
             return
@@ -135,8 +142,9 @@ class IngestRun:
             self.first_source[row["image_id"]] = source
         self.accepted.append(_Accepted(rel, path, source, owner.patient, owner.label, rows))
 
-    def _owner(self, ct: CtFile, parts: tuple[str, ...]) -> _Owner:
+    def _owner(self, ct: CtFile, parts: tuple[str, ...], given: GivenNames | None) -> _Owner:
         """Whose file it is and its label: from the folder layout, or from the labels CSV.
+        A pulled file's patient pseudonym is given.
 
         Raises:
             DicomRejected: the labels CSV gives the file no label of a class.
@@ -144,7 +152,9 @@ class IngestRun:
         if self.labels is None:
             label, folder = parts[0], parts[1]
             return _Owner(
-                patient=self.pseudo(ct.patient_id or folder, PATIENT_PREFIX),
+                patient=given.patient
+                if given is not None
+                else self.pseudo(ct.patient_id or folder, PATIENT_PREFIX),
                 label=label,
                 folder=f"{label}/{self.pseudo(folder, PATH_PREFIX)}",
             )
@@ -178,7 +188,9 @@ class IngestRun:
             self.patient_folders[owner.patient].add(owner.folder)
             self.folder_patients[owner.folder].add(owner.patient)
 
-    def _write_slices(self, ct: CtFile, identity: str, owner: _Owner) -> list[dict[str, Any]]:
+    def _write_slices(
+        self, ct: CtFile, identity: str, owner: _Owner, given: GivenNames | None
+    ) -> list[dict[str, Any]]:
         """Write each frame of `ct` to staging as it is decoded; return the manifest rows.
 
         Raises:
@@ -186,12 +198,16 @@ class IngestRun:
                 removed.
         """
         series = (
-            self.pseudo(ct.series_instance_uid, SERIES_PREFIX) if ct.series_instance_uid else ""
+            given.series
+            if given is not None
+            else self.pseudo(ct.series_instance_uid, SERIES_PREFIX)
+            if ct.series_instance_uid
+            else ""
         )
         rows: list[dict[str, Any]] = []
         try:
             for frame, piece in enumerate(_slices(ct, self.key)):
-                image_id = self.image_id(identity, frame)
+                image_id = self.image_id(identity, frame, given)
                 np.save(self.staging / f"{image_id}.npy", piece.hu)
                 rows.append(
                     {
