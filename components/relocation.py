@@ -97,16 +97,17 @@ def relocate(store: Store) -> Relocation | None:
     prefixes = [(old, new), (_path(old), _path(new))]
     db = sqlite3.connect(database, isolation_level=None)
     try:
-        db.execute("BEGIN IMMEDIATE")
-        rows = sum(
-            _rewrite(db, table, column, before, after)
-            for table, column in _text_columns(db)
-            for before, after in prefixes
-        )
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+        db.execute("BEGIN IMMEDIATE")  # waits 5 s for another writer, then raises
+        try:
+            rows = sum(
+                _rewrite(db, table, column, before, after)
+                for table, column in _text_columns(db)
+                for before, after in prefixes
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
     finally:
         db.close()
     return Relocation(old, new, rows, backup)

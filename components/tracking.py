@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,7 +28,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.config import TrackingConfig
-from components.registry.relocation import check_not_moved
+from components.relocation import check_not_moved
 
 if TYPE_CHECKING:
     import keras
@@ -45,6 +46,9 @@ EXPERIMENT_KIND = "custom_model_development"
 OWNER_TAG = "myelomet.owner"
 PARENT_TAG = "mlflow.parentRunId"
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
+# What MLflow raises (no such run, model or alias; a store that refuses): code outside this
+# module catches it by this name rather than importing MLflow.
+TrackingError = MlflowException
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,53 @@ def store_folder(store: Store) -> Path | None:
     return _resolve_local(store.tracking_uri, Path.cwd())[1]
 
 
+class StoreDamaged(ValueError):
+    """The local store's sqlite database is corrupt, truncated, not a database, or locked."""
+
+
+# How long a check waits for another process's lock on the database before it says so.
+STORE_BUSY_TIMEOUT_S = 5.0
+
+
+def check_store(store: Store, thorough: bool = False) -> None:
+    """Open a local sqlite store read-only and run sqlite's own check of it: `quick_check`
+    (every page read, fast), or with `thorough` `integrity_check` (indexes too, for
+    `myelomet doctor`). A remote store, or a database not created yet, is not checked.
+
+    Raises:
+        StoreDamaged: the database is corrupt, truncated or not sqlite, or another process
+            held a lock on it for STORE_BUSY_TIMEOUT_S.
+    """
+    path = Path(store.tracking_uri.removeprefix("sqlite:///"))
+    if path == Path(store.tracking_uri) or not path.is_file():
+        return
+    check = "integrity_check" if thorough else "quick_check"
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=STORE_BUSY_TIMEOUT_S)
+        ) as db:
+            problems = [row[0] for row in db.execute(f"PRAGMA {check}")]
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise _damaged(path, str(exc)) from None
+        raise StoreDamaged(
+            f"the MLflow database {path} stayed locked by another process for "
+            f"{STORE_BUSY_TIMEOUT_S:.0f} s; wait for it (a training or a `mlflow ui`) to "
+            "finish, or stop it, and run the command again"
+        ) from None
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(path, str(exc)) from None
+    if problems != ["ok"]:
+        raise _damaged(path, f"{len(problems)} problems, the first: {problems[0]}")
+
+
+def _damaged(path: Path, problem: str) -> StoreDamaged:
+    return StoreDamaged(
+        f"the MLflow database {path} is damaged ({' '.join(problem.split())}); restore it "
+        "from a backup of mlruns/, or move it aside to start a new, empty store"
+    )
+
+
 class StoreMismatch(ValueError):
     """The tracking store is not the one the study was trained into."""
 
@@ -99,8 +150,10 @@ def require_run(store: Store, run_id: str) -> None:
 
     Raises:
         StoreMismatch: no store at a local URI, or no such run in it.
+        StoreDamaged: its database is damaged or locked (`check_store`).
         ProjectMoved: the store's artifacts are in another folder (a moved or copied project).
     """
+    check_store(store)
     hint = (
         f"the study run {run_id} that `myelomet train` opened is not in {store.tracking_uri}; "
         "restore mlruns/ or set MLFLOW_TRACKING_URI to the store training used (or run "
@@ -121,8 +174,10 @@ def connect(store: Store) -> str:
 
     Raises:
         ValueError: the experiment exists but is deleted.
+        StoreDamaged: its database is damaged or locked (`check_store`).
         ProjectMoved: the store's artifacts are in another folder (a moved or copied project).
     """
+    check_store(store)
     check_not_moved(store)
     folder = store_folder(store)
     if folder is not None:
@@ -421,26 +476,30 @@ class BackboneRun:
         MlflowClient().log_inputs(self.run_id, datasets=list(datasets))
 
     def log_model(
-        self, model: keras.Model, inputs: np.ndarray, outputs: np.ndarray, name: str = "model"
+        self,
+        model: keras.Model,
+        inputs: np.ndarray,
+        outputs: np.ndarray,
+        requirements: Sequence[str],
+        name: str = "model",
     ) -> str:
         """Log a Keras model with a signature inferred from a sample batch and its outputs.
 
         No input_example: with Keras models it breaks logging in MLflow 3.x (mlflow#16183).
-        Requirements are pinned here rather than inferred, which would load the model in a
-        subprocess that does not know the custom preprocessing layer.
+        Requirements are pinned by the caller (`runtime.framework_requirements`) rather than
+        inferred, which would load the model in a subprocess that does not know the custom
+        preprocessing layer.
 
         Returns:
             The logged model's URI.
         """
         from mlflow.models import infer_signature
 
-        from components.training.runtime import framework_requirements
-
         info = mlflow.keras.log_model(
             model,
             name=name,
             signature=infer_signature(inputs, outputs),
-            pip_requirements=framework_requirements(),
+            pip_requirements=list(requirements),
         )
         return info.model_uri
 

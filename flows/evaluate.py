@@ -25,13 +25,13 @@ from prefect.settings import get_current_settings
 from components import tracking
 from components.artifacts import STUDY_FILE
 from components.config import Config, load_config
-from components.evaluation import report_inputs
+from components.evaluation import report_gather
 from components.evaluation.candidates import EvaluationResults
-from components.evaluation.outputs import headline_metrics, log_candidate_runs, write_outputs
-from components.evaluation.report import results_markdown
-from components.evaluation.study_page import write_study_report
+from components.evaluation.metric_files import headline_metrics, log_candidate_runs, write_outputs
+from components.evaluation.report_content import results_markdown
+from components.evaluation.report_html import write_study_report
 from components.registry import promotion
-from components.registry.promotion import RegistryOutcome
+from components.registry_outcome import RegistryOutcome
 from components.training.batches import data_paths, data_version
 
 ARTIFACT_KEY = "study-results"
@@ -41,7 +41,7 @@ _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 @task(name="score-candidates", **_TASK)
 def score(cfg: Config, backbones: list[str]) -> EvaluationResults:
-    return report_inputs.evaluate_study(cfg, backbones)
+    return report_gather.score_study(cfg, backbones)
 
 
 @task(name="write-metrics", **_TASK)
@@ -88,7 +88,7 @@ def promotion_slot(model_name: str) -> AbstractContextManager[None]:
 def gradcam(cfg: Config, results: EvaluationResults) -> Path | None:
     out = cfg.path(cfg.evaluation.reports_out) / "figures" / "gradcam.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    return report_inputs.gradcam_png(cfg, results, out)
+    return report_gather.gradcam_png(cfg, results, out)
 
 
 @task(name="write-study-report", **_TASK)
@@ -105,7 +105,7 @@ def write_report(
         "git commit": tracking.git_commit(cfg.root) or "none",
         "MLflow study run": parent_run_id,
     }
-    inputs = report_inputs.study_inputs(cfg, results, backbones, outcome, gradcam_path, run_info)
+    inputs = report_gather.study_inputs(cfg, results, backbones, outcome, gradcam_path, run_info)
     out = cfg.path(cfg.evaluation.reports_out) / "study.html"
     return write_study_report(out, inputs).html
 

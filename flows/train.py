@@ -4,10 +4,10 @@ With cross-validation (params split.folds) every backbone trains once per fold, 
 fold's split (`components.training.folds`), into `<models_out>/fold-<f>/<backbone>`.
 One MLflow parent run per study; each backbone's (and fold's) child run is opened by its
 own process.
-On GPUs each process is pinned to one GPU, or to a capped share of one when several fit on a
-card (training.processes_per_gpu), and the slowest backbones start first; on a CPU they run
-one at a time unless training.max_parallel says otherwise. With training.executor: ray the
-same tasks go to a Ray cluster, one GPU each where GPUs exist. Each backbone's task shows a
+Which jobs run in what order, how many at once and on which devices is
+`components.training.schedule`'s: on GPUs each process is pinned to one GPU or a capped share
+of one, the slowest first; on a CPU one at a time unless training.max_parallel says otherwise;
+with training.executor: ray the same tasks go to a Ray cluster. Each backbone's task shows a
 progress artifact that its process updates after every epoch.
 """
 
@@ -29,18 +29,19 @@ from prefect.futures import wait
 
 from components import tracking
 from components.artifacts import STUDY_FILE, TRAINING_SUMMARY_FILE
-from components.config import Config, load_config, slowest_first
-from components.evaluation.report import training_markdown, write_training_summary
+from components.config import Config, load_config
+from components.evaluation.report_content import training_markdown, write_training_summary
 from components.training.batches import data_paths, data_version
-from components.training.devices import (
-    DevicePool,
-    gpu_memory_mb,
-    processes_per_gpu,
-    usable_cpus,
-    visible_gpus,
-)
+from components.training.devices import DevicePool
 from components.training.folds import cv_folds, fold_label
 from components.training.launcher import BackboneFailed, describe_progress, run_backbone_process
+from components.training.schedule import (
+    Machine,
+    device_pool,
+    parallelism,
+    ray_gpus_per_task,
+    training_jobs,
+)
 
 ARTIFACT_KEY = "training-results"
 
@@ -56,7 +57,7 @@ def _retry_unless_permanent(task: Any, task_run: Any, state: Any) -> bool:
     persist_result=False,
     retry_condition_fn=_retry_unless_permanent,
 )
-def train_backbone(
+def launch_backbone(
     backbone: str,
     params: str,
     out_dir: str,
@@ -152,21 +153,19 @@ def train(params: str = "params.yaml", backbones: list[str] | None = None) -> di
     """
     cfg = load_config(params)
     names = list(backbones or cfg.training.backbones)
-    gpus = visible_gpus()
-    if gpus:  # on a CPU params.yaml's order stands (the demo's is tuned for two at a time)
-        names = slowest_first(names)
+    machine = Machine.detect()
     folds = prepare_folds(cfg)
     parent_run_id = start_study(cfg, names, tracking.process_identity())
-    step = train_backbone.with_options(retries=cfg.training.retries)
-    jobs = [(name, name, None) for name in names]
-    if folds:  # every fold of a backbone before the next backbone: the slowest start first
-        jobs = [(f"{fold_label(f[0])}/{name}", name, f) for name in names for f in folds]
-    pool = _device_pool(cfg, gpus, len(jobs))
+    step = launch_backbone.with_options(retries=cfg.training.retries)
+    jobs = training_jobs(names, folds, machine)
+    pool = device_pool(cfg.training, machine, len(jobs)) if _runs_in_threads() else None
     futures = {}
-    with _ray_resources(cfg, gpus):
-        for key, name, fold in jobs:
-            out_dir = cfg.path(cfg.training.models_out) / key
-            futures[key] = step.submit(name, params, str(out_dir), parent_run_id, pool, fold)
+    with _ray_resources(ray_gpus_per_task(cfg.training, machine)):
+        for job in jobs:
+            out_dir = cfg.path(cfg.training.models_out) / job.key
+            futures[job.key] = step.submit(
+                job.backbone, params, str(out_dir), parent_run_id, pool, job.fold
+            )
     wait(list(futures.values()))
     results, failures = {}, {}
     for name, future in futures.items():
@@ -178,34 +177,23 @@ def train(params: str = "params.yaml", backbones: list[str] | None = None) -> di
     return report_training(cfg, parent_run_id, results, failures)
 
 
-def _device_pool(cfg: Config, gpus: list[str], backbones: int) -> DevicePool | None:
-    """GPUs (or shares of them) or CPU cores to lend the processes this flow's threads
-    start; None where another task runner (Ray) places its tasks itself."""
+def _runs_in_threads() -> bool:
+    """Whether this flow's tasks run in its own threads, which then lend the processes they
+    start a device each; another task runner (Ray) places its tasks itself."""
     from prefect.context import FlowRunContext
     from prefect.task_runners import ThreadPoolTaskRunner
 
     context = FlowRunContext.get()
-    if context is None or not isinstance(context.task_runner, ThreadPoolTaskRunner):
-        return None
-    memory = gpu_memory_mb() if gpus else {}
-    per_gpu = _per_gpu(cfg, gpus, memory, backbones)
-    return DevicePool.for_machine(
-        gpus, parallelism(cfg, gpus), usable_cpus(), per_gpu=per_gpu, memory_mb=memory
-    )
+    return context is not None and isinstance(context.task_runner, ThreadPoolTaskRunner)
 
 
-def _per_gpu(cfg: Config, gpus: list[str], memory: dict[str, int], backbones: int) -> int:
-    smallest = min((memory[g] for g in gpus if g in memory), default=None)
-    return processes_per_gpu(cfg.training.processes_per_gpu, smallest, backbones)
-
-
-def _ray_resources(cfg: Config, gpus: list[str]) -> Any:
-    """Ask Ray for one GPU per backbone task where GPUs exist."""
-    if cfg.training.executor != "ray" or not gpus:
+def _ray_resources(gpus_per_task: int) -> Any:
+    """Ask Ray for `gpus_per_task` GPUs per backbone task (none: no request)."""
+    if not gpus_per_task:
         return nullcontext()
     from prefect_ray.context import remote_options
 
-    return remote_options(num_gpus=1)
+    return remote_options(num_gpus=gpus_per_task)
 
 
 def task_runner(cfg: Config) -> Any:
@@ -219,15 +207,4 @@ def task_runner(cfg: Config) -> Any:
         )
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    gpus = visible_gpus()
-    return ThreadPoolTaskRunner(max_workers=parallelism(cfg, gpus))
-
-
-def parallelism(cfg: Config, gpus: list[str]) -> int:
-    """How many backbones train at once: training.max_parallel, else the processes the GPUs
-    take (training.processes_per_gpu each), else 1."""
-    if cfg.training.max_parallel:
-        return cfg.training.max_parallel
-    if not gpus:
-        return 1
-    return len(gpus) * _per_gpu(cfg, gpus, gpu_memory_mb(), len(cfg.training.backbones))
+    return ThreadPoolTaskRunner(max_workers=parallelism(cfg.training, Machine.detect()))

@@ -56,7 +56,7 @@ def run_suites(
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
-def write_summary(report: ValidationReport, path: Path) -> Path:
+def save_summary(report: ValidationReport, path: Path) -> Path:
     """Write the JSON summary DVC tracks as a metric."""
     return summaries.write_summary(report, path)
 
@@ -102,7 +102,7 @@ def validate(params: str = "params.yaml") -> ValidationReport:
         cfg.path(cfg.validation.docs_out),
         cfg.split.folds,
     )
-    write_summary(report, cfg.path(cfg.validation.summary_out))
+    save_summary(report, cfg.path(cfg.validation.summary_out))
     publish(report)
     if not report.success:
         raise DataValidationError(summaries.failure_message(report))

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from components.config import Config, load_config
+
+if TYPE_CHECKING:
+    from components.pacs.send import Delivery, Target
 
 Command = Callable[[argparse.Namespace, Config], int]
 
@@ -31,8 +36,7 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
     root = Path(args.dicom_root) if args.dicom_root else cfg.path(cfg.data.dicom_root)
     out = Path(args.out) if args.out else cfg.path(cfg.ingest.out)
     labels = args.labels_csv or cfg.data.labels_csv
-    synthetic = cfg.path(cfg.synthetic.out)
-    key = study_key(root, synthetic, cfg.ingest.key_env, cfg.path(cfg.ingest.key_file))
+    key = study_key(root, cfg.ingest.key_env, cfg.path(cfg.ingest.key_file), exclude=out)
     summary = ingest(
         root,
         out,
@@ -40,6 +44,7 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
         key,
         labels_csv=cfg.path(labels) if labels else None,
         max_frame_pixels=cfg.ingest.max_frame_pixels,
+        max_image_bytes=cfg.ingest.max_image_bytes,
     )
     # Real paths name patients' folders: they go to a person at a terminal, never to a log
     # (a pipe is the scheduler's or a stage log's), which gets the pseudonymised source.
@@ -53,10 +58,30 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"ingested {summary.n_slices} slices of {summary.n_patients} patients into {out}; "
-        f"{summary.n_rejects} files rejected (see {out / 'rejects.csv'}); "
-        f"{summary.redacted} retained tag values redacted"
+        f"{summary.n_rejects} files rejected (see {out / 'rejects.csv'})"
     )
     return 0
+
+
+def _pull(args: argparse.Namespace, cfg: Config) -> int:
+    from components.pacs.pull import pull, pull_key, remote_for
+    from components.pacs.source import parse_source
+
+    source = parse_source(args.source, Path(args.ca_bundle) if args.ca_bundle else None)
+    key = pull_key(cfg.ingest.key_env, cfg.path(cfg.ingest.key_file))
+    remote = remote_for(source, cfg.pull)
+    summary = pull(remote, Path(args.cohort), Path(args.out), cfg.classes, key, cfg.pull)
+    for row in summary.rows:
+        if row.status not in ("complete", "not_tried", "error"):  # an error is the fatal line
+            print(f"cohort line {row.line}: {row.status}: {row.detail}", file=sys.stderr)
+    if summary.fatal:
+        print(f"myelomet pull: error: {summary.fatal}", file=sys.stderr)
+    print(
+        f"pulled {summary.fetched} new instances; {summary.complete_rows} of "
+        f"{len(summary.rows)} cohort rows complete in {summary.out} (report: "
+        f"{summary.report_path})"
+    )
+    return 0 if summary.ok else 1
 
 
 def _split(args: argparse.Namespace, cfg: Config) -> int:
@@ -159,31 +184,48 @@ def _leakage(args: argparse.Namespace, cfg: Config) -> int:
 
 def _predict(args: argparse.Namespace, cfg: Config) -> int:
     """One JSON line per slice (or per series) on stdout; 0 when at least one was predicted,
-    1 when every item errored, 2 when the model cannot be loaded."""
+    1 when every item errored or an answer could not be sent, 2 when the model cannot be
+    loaded or the destinations are wrong."""
     import json
 
-    from mlflow.exceptions import MlflowException
-
     from components.registry.pyfunc import load_predictor
-    from components.registry.relocation import check_not_moved
-    from components.tracking import resolve_store
+    from components.relocation import check_not_moved
+    from components.tracking import TrackingError, check_store, resolve_store
 
+    send_to = []
+    if args.dicom_out or args.stow or args.cstore:
+        from components.pacs.send import targets
+
+        ca_bundle = Path(args.ca_bundle) if args.ca_bundle else None
+        send_to = targets(args.dicom_out, args.stow, args.cstore, cfg.pull.calling_aet, ca_bundle)
+    if send_to and args.per != "series":
+        print(
+            "myelomet predict: error: --dicom-out, --stow and --cstore answer each series: "
+            "add --per series",
+            file=sys.stderr,
+        )
+        return 2
     model = args.model or f"models:/{cfg.evaluation.registered_model}@champion"
     store = resolve_store(cfg.tracking, cfg.root)
     if model.startswith(("models:/", "runs:/")):
+        check_store(store)
         check_not_moved(store)
     try:
         predictor = load_predictor(model, store.tracking_uri)
-    except (MlflowException, TypeError) as exc:
-        message = exc.message if isinstance(exc, MlflowException) else str(exc)
+    except (TrackingError, TypeError) as exc:
+        message = exc.message if isinstance(exc, TrackingError) else str(exc)
         print(
             f"myelomet predict: error: cannot load {model} from {store.tracking_uri}: "
             f"{message}; register a model with `myelomet evaluate` or pass --model URI",
             file=sys.stderr,
         )
         return 2
-    if args.per == "series":
-        rows: Iterable[dict] = predictor.predict_series(args.paths)
+    predictor.max_frame_pixels = cfg.ingest.max_frame_pixels
+    if send_to:
+        results = predictor.series_with_slices(args.paths)
+        rows: Iterable[dict] = [row for row, _ in results]
+    elif args.per == "series":
+        rows = predictor.predict_series(args.paths)
     else:
         rows = predictor.iter_predictions(args.paths)
     n_rows = n_errors = 0
@@ -191,14 +233,39 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
         print(json.dumps(row), flush=True)
         n_rows += 1
         n_errors += "error" in row
-    return 1 if n_errors == n_rows else 0
+    if n_errors == n_rows:
+        return 1
+    if send_to:
+        from components.pacs.answers import model_identity
+        from components.pacs.send import deliver
+
+        delivery = deliver(
+            results, predictor, model_identity(model, store), send_to, cfg.pull.timeout_s
+        )
+        return _delivered(delivery, send_to)
+    return 0
+
+
+def _delivered(delivery: Delivery, send_to: Sequence[Target]) -> int:
+    """Print one line per answer not delivered and a summary on stderr; 1 when any was not
+    delivered, else 0."""
+    for line in delivery.failures:
+        print(f"myelomet predict: {line}", file=sys.stderr)
+    where = ", ".join(str(t) for t in send_to)
+    print(
+        f"answered {delivery.answered} series as DICOM (an SR and a Grad-CAM Secondary Capture "
+        f"each) to {where}; {len(delivery.failures)} not delivered",
+        file=sys.stderr,
+    )
+    return 1 if delivery.failures else 0
 
 
 def _doctor(args: argparse.Namespace, cfg: Config) -> int:
-    from components.registry.relocation import check_not_moved, relocate
-    from components.tracking import resolve_store
+    from components.relocation import check_not_moved, relocate
+    from components.tracking import check_store, resolve_store
 
     store = resolve_store(cfg.tracking, cfg.root)
+    check_store(store, thorough=True)
     if args.relocate:
         moved = relocate(store)
         if moved is not None:
@@ -207,7 +274,10 @@ def _doctor(args: argparse.Namespace, cfg: Config) -> int:
                 f"{moved.new}; the database before is in {moved.backup}"
             )
     check_not_moved(store)
-    print(f"MLflow store {store.tracking_uri}: artifacts in {store.artifact_location} (ok)")
+    print(
+        f"MLflow store {store.tracking_uri}: artifacts in {store.artifact_location}; "
+        "database integrity checked (ok)"
+    )
     return 0
 
 
@@ -246,6 +316,18 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels-csv", help="CSV patient_id,label keyed by DICOM PatientID")
     p.set_defaults(run=_ingest)
 
+    p = sub.add_parser("pull", help="fetch a labelled cohort from a PACS, de-identified")
+    p.add_argument(
+        "--source",
+        required=True,
+        help="http(s)://HOST:PORT/dicom-web or dimse://AET@HOST:PORT; credentials from "
+        "MYELOMET_PACS_USER/MYELOMET_PACS_PASSWORD or netrc, never here",
+    )
+    p.add_argument("--cohort", required=True, help="CSV accession_number,label or patient_id,label")
+    p.add_argument("--out", required=True, help="raw root to fill, e.g. data/raw/<name>")
+    p.add_argument("--ca-bundle", help="CA certificates to trust for an https source")
+    p.set_defaults(run=_pull)
+
     p = sub.add_parser("split", help="patient-level stratified train/val/test split")
     p.add_argument("--mode", choices=["patient", "image"], help="default: params split.mode")
     p.set_defaults(run=_split)
@@ -279,6 +361,24 @@ def _build_parser() -> argparse.ArgumentParser:
         help="one line per slice (default) or per series: the mean slice probability "
         "against the patient threshold chosen on validation",
     )
+    p.add_argument(
+        "--dicom-out",
+        metavar="DIR",
+        help="with --per series: write each series' answer (an SR and a Grad-CAM Secondary "
+        "Capture, in the original study, with the patient's identity) into DIR",
+    )
+    p.add_argument(
+        "--stow",
+        metavar="URL",
+        help="with --per series: store the answers by STOW-RS into this DICOMweb root "
+        "(credentials from MYELOMET_PACS_USER/MYELOMET_PACS_PASSWORD or netrc)",
+    )
+    p.add_argument(
+        "--cstore",
+        metavar="AET@HOST:PORT",
+        help="with --per series: store the answers by C-STORE into this DICOM peer",
+    )
+    p.add_argument("--ca-bundle", help="CA certificates to trust for an https --stow URL")
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("doctor", help="check the project's MLflow store after a move or copy")
@@ -307,6 +407,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"myelomet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        print(f"myelomet {args.command}: error: {_missing_package(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        database = _database_error(exc)
+        if database is None:
+            raise
+        print(
+            f"myelomet {args.command}: error: the MLflow database failed "
+            f"({type(database).__name__}: {' '.join(str(database).split())}); when another "
+            "process (a training, `mlflow ui`) holds it, run the command again once it is done, "
+            "else run `myelomet doctor` to check it",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _missing_package(exc: ImportError) -> str:
+    """What to do about a package that cannot be imported, in one line."""
+    name = exc.name or "a package"
+    if name.partition(".")[0] in ("torch", "jax", "tensorflow"):
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        return (
+            f"KERAS_BACKEND={backend} needs {name}, which is not installed here; set "
+            "KERAS_BACKEND to tensorflow or jax, the backends myelomet installs"
+        )
+    return f"cannot import {name}; install the project's dependencies again (`make install`)"
+
+
+def _database_error(exc: BaseException) -> sqlite3.Error | None:
+    """The sqlite error behind `exc` (SQLAlchemy keeps it as `orig`, MLflow as the cause)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, sqlite3.Error):
+            return seen
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
+    return None
 
 
 if __name__ == "__main__":

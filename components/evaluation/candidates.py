@@ -273,7 +273,7 @@ def counts(frame: pd.DataFrame) -> dict[str, int]:
     }
 
 
-def evaluate_candidate(
+def score_candidate(
     name: str,
     frame: pd.DataFrame,
     *,
@@ -335,7 +335,7 @@ def _classes(classes: Sequence[str], positive_class: str) -> tuple[str, str]:
     return positive_class, negative
 
 
-def evaluate(
+def score_candidates(
     predictions: Mapping[str, pd.DataFrame],
     classes: Sequence[str],
     positive_class: str,
@@ -382,13 +382,11 @@ def evaluate(
         "calibration_bins": calibration_bins,
         "seed": seed,
     }
-    candidates = {
-        name: evaluate_candidate(name, frame, **options) for name, frame in frames.items()
-    }
+    candidates = {name: score_candidate(name, frame, **options) for name, frame in frames.items()}
     members: tuple[str, ...] = ()
     if ensemble_top_k >= 2 and len(frames) >= 2:
         members = tuple(rank_candidates(candidates, select_metric)[:ensemble_top_k])
-        candidates[ENSEMBLE] = evaluate_candidate(
+        candidates[ENSEMBLE] = score_candidate(
             ENSEMBLE, ensemble_predictions(frames, members), members=members, **options
         )
     ranking = tuple(rank_candidates(candidates, select_metric))

@@ -1,7 +1,7 @@
 """Cross-validation: every fold evaluated on its own, then the out-of-fold predictions pooled.
 
 Inside each fold everything is chosen on that fold's validation patients only, exactly as
-in a single split (`candidates.evaluate`): each candidate's thresholds and the ensemble's
+in a single split (`candidates.score_candidates`): each candidate's thresholds and the ensemble's
 members. The pooled result then scores every patient once on test (the fold that held it
 out) and once on validation, each row at the threshold its own fold chose, with patient
 bootstrap CIs over all patients; the selection ranks the pooled validation metric.
@@ -68,7 +68,7 @@ def pool_candidate(
 
     Args:
         per_fold: the candidate's result in each fold, in fold order.
-        n_bootstrap, confidence, calibration_bins, seed: as in `candidates.evaluate`.
+        n_bootstrap, confidence, calibration_bins, seed: as in `candidates.score_candidates`.
 
     Returns:
         A CandidateResult whose members are the fold models (`fold-<f>/<backbone>`), whose
@@ -113,11 +113,11 @@ def cross_validate(
     calibration_bins: int = 10,
     seed: int = 0,
 ) -> EvaluationResults:
-    """Pool the folds' evaluations (each made by `candidates.evaluate` on one fold).
+    """Pool the folds' evaluations (each made by `candidates.score_candidates` on one fold).
 
     Args:
         folds: one EvaluationResults per fold, in fold order.
-        n_bootstrap, confidence, calibration_bins, seed: as in `candidates.evaluate`.
+        n_bootstrap, confidence, calibration_bins, seed: as in `candidates.score_candidates`.
 
     Returns:
         EvaluationResults over every patient: candidates as in the folds (those present in

@@ -2,7 +2,7 @@
 
 Figures are `matplotlib.figure.Figure` objects made without pyplot, so no global state or
 backend is touched; `save_png` writes one and `write_figures` writes every figure the study
-page (`components.evaluation.study_page`) embeds.
+page (`components.evaluation.report_html`) embeds.
 """
 
 from __future__ import annotations
@@ -19,8 +19,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from components.evaluation.candidates import ENSEMBLE, EvaluationResults
-from components.evaluation.outputs import calibration_plot_data, confusion_plot_data, roc_plot_data
-from components.evaluation.report import (
+from components.evaluation.metric_files import (
+    calibration_plot_data,
+    confusion_plot_data,
+    roc_plot_data,
+)
+from components.evaluation.report_content import (
     SPLIT_LABELS,
     StudyInputs,
     ci_label,

@@ -8,17 +8,19 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import DatasetInput
 
 from components.artifacts import COMPARISONS_FILE, EVALUATION_METRICS_FILE
 from components.evaluation.candidates import SPLITS, CandidateResult, EvaluationResults
 from components.evaluation.crossval import fold_spread
 from components.evaluation.metrics import Estimate, roc_curve
 from components.metric_names import LEVELS, parse_metric_name
-from components.tracking import Store, candidate_run, log_run_metrics
+
+if TYPE_CHECKING:
+    from components.tracking import DatasetInput, Store
 
 
 def _number(value: float) -> float | None:
@@ -254,6 +256,9 @@ def log_candidate_runs(
 ) -> dict[str, str]:
     """Every candidate's `run_metrics` into its own run of the study (`tracking.candidate_run`),
     with the data it was measured on as the run's inputs; candidate -> run id."""
+    # here, not at the top: the figures and the report read this module without MLflow
+    from components.tracking import candidate_run, log_run_metrics
+
     runs = {}
     for name, candidate in results.candidates.items():
         runs[name] = candidate_run(

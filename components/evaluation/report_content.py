@@ -1,7 +1,7 @@
 """What the study report is made of: its inputs, labels and number formats, and the markdown
 summaries of training and evaluation.
 
-`StudyInputs` gathers everything the study page (`components.evaluation.study_page`) and its
+`StudyInputs` gathers everything the study page (`components.evaluation.report_html`) and its
 figures (`components.evaluation.figures`) show; `load_histories` and `load_weights_info` read
 parts of it from the training outputs. `format_value` and `format_estimate` write numbers the
 same way on the page, in the figures, in the markdown summaries and in the model card.
@@ -26,7 +26,7 @@ from components.evaluation.metrics import Estimate
 from components.metric_names import LEVELS
 
 if TYPE_CHECKING:
-    from components.registry.promotion import RegistryOutcome
+    from components.registry_outcome import RegistryOutcome
 
 METRIC_LABELS = {
     "sensitivity": "Sensitivity",
@@ -173,7 +173,7 @@ class StudyInputs:
     """Everything the study page shows; only `results` and `data` are required.
 
     Attributes:
-        results: the evaluation of every candidate (`components.evaluation.candidates.evaluate`).
+        results: the evaluation of every candidate (`candidates.score_candidates`).
         data: the data summary.
         weights: starting weights of each trained backbone; empty when not recorded.
         histories: backbone -> per-epoch history (`models/<backbone>/history.csv`).
@@ -228,7 +228,7 @@ def load_weights_info(
     models_dir: str | Path, backbones: Sequence[str], requested: str
 ) -> tuple[WeightsInfo, ...]:
     """Read the weights each backbone trained from, from `<models_dir>/<backbone>/metrics.json`
-    (keys `weights`, `weights_sha256`, `weights_note`, as `components.training.outputs` writes
+    (keys `weights`, `weights_sha256`, `weights_note`, as `components.training.run_folder` writes
     them).
 
     Args:
@@ -292,7 +292,7 @@ def write_training_summary(results: Mapping[str, Mapping], path: str | Path) -> 
     """Write the validation results of each trained backbone as a small JSON (a DVC metric).
 
     Args:
-        results: backbone -> training result (components.training.outputs.TrainResult as a dict).
+        results: backbone -> training result (components.training.run_folder.TrainResult as a dict).
         path: the file to write (params evaluation.reports_out / train.json).
     """
     summary = {
@@ -309,7 +309,7 @@ def training_markdown(results: Mapping[str, Mapping], failures: Mapping[str, str
     """The per-backbone training table shown as a Prefect artifact.
 
     Args:
-        results: backbone -> training result (components.training.outputs.TrainResult as a dict).
+        results: backbone -> training result (components.training.run_folder.TrainResult as a dict).
         failures: backbone -> error of those that failed after their retries.
     """
     rows = [

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -17,25 +18,30 @@ from components.artifacts import (
     VALIDATION_PAGE,
 )
 from components.config import Config
-from components.evaluation.candidates import ENSEMBLE, EvaluationResults, evaluate, load_predictions
+from components.evaluation.candidates import (
+    ENSEMBLE,
+    EvaluationResults,
+    load_predictions,
+    score_candidates,
+)
 from components.evaluation.crossval import cross_validate
 from components.evaluation.figures import save_png
-from components.evaluation.report import (
+from components.evaluation.report_content import (
     DataSummary,
     LeakageComparison,
     StudyInputs,
     load_histories,
     load_weights_info,
 )
-from components.registry.promotion import RegistryOutcome
 from components.training.folds import existing_folds, fold_config
 
+if TYPE_CHECKING:
+    from components.registry_outcome import RegistryOutcome
 
-def _evaluate(
-    cfg: Config, predictions: Mapping[str, pd.DataFrame], top_k: int
-) -> EvaluationResults:
+
+def _score(cfg: Config, predictions: Mapping[str, pd.DataFrame], top_k: int) -> EvaluationResults:
     e = cfg.evaluation
-    return evaluate(
+    return score_candidates(
         predictions,
         cfg.classes,
         cfg.positive_class,
@@ -48,14 +54,14 @@ def _evaluate(
     )
 
 
-def evaluate_study(cfg: Config, backbones: list[str]) -> EvaluationResults:
+def score_study(cfg: Config, backbones: list[str]) -> EvaluationResults:
     """Score every trained backbone and the ensemble on validation and test; with
     cross-validation, in every fold, then pooled out of fold (`crossval.cross_validate`)."""
     folds = existing_folds(cfg)
     if folds:
         e = cfg.evaluation
         return cross_validate(
-            [evaluate_study(fold.cfg, backbones) for fold in folds],
+            [score_study(fold.cfg, backbones) for fold in folds],
             n_bootstrap=e.n_bootstrap,
             confidence=e.confidence,
             calibration_bins=e.calibration_bins,
@@ -63,7 +69,7 @@ def evaluate_study(cfg: Config, backbones: list[str]) -> EvaluationResults:
         )
     models = cfg.path(cfg.training.models_out)
     predictions = load_predictions(models, backbones, cfg.positive_class)
-    return _evaluate(cfg, predictions, cfg.evaluation.ensemble_top_k)
+    return _score(cfg, predictions, cfg.evaluation.ensemble_top_k)
 
 
 def _first_fold(cfg: Config, results: EvaluationResults) -> tuple[Config, EvaluationResults]:
@@ -86,7 +92,7 @@ def leakage_comparison(cfg: Config, results: EvaluationResults) -> LeakageCompar
         return None
     if backbone not in results.candidates:
         return None
-    image = _evaluate(cfg, load_predictions(models, [backbone], cfg.positive_class), 0)
+    image = _score(cfg, load_predictions(models, [backbone], cfg.positive_class), 0)
     return LeakageComparison.from_results(backbone, results, image)
 
 

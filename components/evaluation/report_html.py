@@ -22,10 +22,10 @@ from jinja2 import Environment, PackageLoader, StrictUndefined
 from components.evaluation.candidates import ENSEMBLE, EvaluationResults
 from components.evaluation.crossval import fold_spread
 from components.evaluation.figures import FIGURES, write_figures
+from components.evaluation.metric_files import comparisons_table
 from components.evaluation.metrics import Estimate
-from components.evaluation.outputs import comparisons_table
 from components.evaluation.paper import PAPER_CITATION, PAPER_TABLE2
-from components.evaluation.report import (
+from components.evaluation.report_content import (
     METRIC_LABELS,
     SPLIT_LABELS,
     DataSummary,
@@ -39,7 +39,7 @@ from components.evaluation.report import (
 from components.metric_names import LEVELS, METRICS, parse_metric_name
 
 if TYPE_CHECKING:
-    from components.registry.promotion import RegistryOutcome
+    from components.registry_outcome import RegistryOutcome
 
 TEMPLATE = "study.html.j2"
 LEAKAGE_METRICS = ("auc", "accuracy", "sensitivity", "specificity")

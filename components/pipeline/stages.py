@@ -372,19 +372,13 @@ class RegistryState:
 def registry_state(tracking_uri: str, name: str) -> RegistryState:
     """Every version of the registered model `name` with its aliases and tags (empty when
     the model is not registered yet)."""
-    from mlflow.tracking import MlflowClient
+    from components.registered_models import model_versions
 
-    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    found = client.search_model_versions(f"name = '{name}'")
-    # search results leave aliases out; the registered model holds them
-    aliases = client.get_registered_model(name).aliases if found else {}
+    found = model_versions(tracking_uri, name)
     return RegistryState(
         name=name,
-        versions={
-            str(v.version): tuple(sorted(a for a, n in aliases.items() if str(n) == str(v.version)))
-            for v in found
-        },
-        tags={str(v.version): dict(v.tags) for v in found},
+        versions={v.version: v.aliases for v in found},
+        tags={v.version: v.tags for v in found},
     )
 
 

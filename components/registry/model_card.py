@@ -15,12 +15,12 @@ import pandas as pd
 from components.config import Config
 from components.data.split import FOLD_COLUMN
 from components.evaluation.candidates import CandidateResult, EvaluationResults
-from components.evaluation.report import METRIC_LABELS, format_estimate
+from components.evaluation.report_content import METRIC_LABELS, format_estimate
 from components.markdown import table
 from components.metric_names import ALL_METRICS, LEVELS
 
 if TYPE_CHECKING:
-    from components.registry.promotion import RegistryOutcome
+    from components.registry_outcome import RegistryOutcome
 
 CARD_FILE = "model_card.md"
 

@@ -17,14 +17,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-from mlflow.tracking import MlflowClient
 
 from components.artifacts import MANIFEST_FILE
 from components.config import Config
@@ -35,6 +30,14 @@ from components.metric_names import (
     THRESHOLD_METRICS,
     parse_metric_name,
 )
+from components.registered_models import (
+    RegisteredVersion,
+    describe_version,
+    register_version,
+    set_alias,
+    tag_version,
+    version_by_alias,
+)
 from components.registry.model_card import CARD_FILE, model_card
 from components.registry.pyfunc import (
     CANDIDATE_TAG,
@@ -42,12 +45,8 @@ from components.registry.pyfunc import (
     load_predictor,
     log_candidate,
 )
-from components.tracking import (
-    Store,
-    connect,
-    resolve_store,
-    store_folder,
-)
+from components.registry_outcome import RegistryOutcome
+from components.tracking import Store, connect, resolve_store, store_folder
 from components.training.batches import data_paths, data_version
 
 CHAMPION = "champion"
@@ -56,33 +55,6 @@ TEST_TAG_PREFIX = "test."
 PROMOTION_PREFIX = "promotion."
 # Next to a local tracking database: held while a version is registered and promoted.
 PROMOTION_LOCK = ".promotion.lock"
-
-
-@dataclass(frozen=True)
-class RegistryOutcome:
-    """What the register stage did with the selected model.
-
-    Attributes:
-        model_name: registered model name (params `evaluation.registered_model`).
-        version: the version just registered.
-        alias: `champion` when promoted, else `challenger`.
-        candidate: the candidate registered (a backbone or `ensemble`).
-        metric: the metric the challenger and champion were compared on.
-        value: the new version's value of `metric`.
-        previous_version: the champion before this run; None when there was none.
-        previous_value: that champion's value of `metric` on the same test set.
-        reason: one sentence on why it was or was not promoted.
-    """
-
-    model_name: str
-    version: str
-    alias: str
-    candidate: str
-    metric: str
-    value: float
-    previous_version: str | None = None
-    previous_value: float | None = None
-    reason: str = ""
 
 
 @contextlib.contextmanager
@@ -103,18 +75,6 @@ def _promotion_lock(store: Store) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
-    """The version an alias points at, or None (no such alias or registered model)."""
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return None
-        raise
-    version = model.aliases.get(alias)
-    return client.get_model_version(name, version) if version is not None else None
-
-
 @dataclass(frozen=True)
 class _Decision:
     promote: bool
@@ -124,7 +84,7 @@ class _Decision:
 
 
 def _decide(
-    champion: ModelVersion | None,
+    champion: RegisteredVersion | None,
     data_version: str,
     metric: str,
     new_value: float,
@@ -200,15 +160,14 @@ def register_and_promote(
         raise ValueError(f"tags lack {missing}; pass LoggedCandidate.tags")
     parse_metric_name(test_metric_name)
     connect(store)
-    client = MlflowClient(store.tracking_uri)
     with _promotion_lock(store):
-        champion = _by_alias(client, name, CHAMPION)
+        champion = version_by_alias(store, name, CHAMPION)
         champion_version = str(champion.version) if champion is not None else None
         version_tags = {
             **{k: str(v) for k, v in tags.items()},
             f"{TEST_TAG_PREFIX}{test_metric_name}": repr(float(new_test_value)),
         }
-        version = str(mlflow.register_model(model_uri, name, tags=version_tags).version)
+        version = register_version(store, model_uri, name, version_tags)
         decision = _decide(
             champion,
             tags[DATA_VERSION_TAG],
@@ -219,12 +178,12 @@ def register_and_promote(
             name,
         )
         alias = CHAMPION if decision.promote else CHALLENGER
-        client.set_registered_model_alias(name, alias, version)
-        holder = _by_alias(client, name, CHAMPION)
+        set_alias(store, name, alias, version)
+        holder = version_by_alias(store, name, CHAMPION)
         if alias == CHAMPION and (holder is None or str(holder.version) != version):
             # another writer without this lock (a remote store) moved the alias meanwhile
             alias = CHALLENGER
-            client.set_registered_model_alias(name, alias, version)
+            set_alias(store, name, alias, version)
             decision = dataclasses.replace(
                 decision,
                 reason=f"version {holder.version if holder else '?'} took champion at the "
@@ -242,8 +201,9 @@ def register_and_promote(
             "min_improvement": repr(float(min_improvement)),
             "reason": decision.reason,
         }
-        for key, value in promotion.items():
-            client.set_model_version_tag(name, version, f"{PROMOTION_PREFIX}{key}", value)
+        tag_version(
+            store, name, version, {f"{PROMOTION_PREFIX}{k}": v for k, v in promotion.items()}
+        )
     return RegistryOutcome(
         model_name=name,
         version=version,
@@ -382,7 +342,5 @@ def register_selected(
     )
     split = pd.read_csv(cfg.path(cfg.split.out), dtype=str)
     card = model_card(cfg, results, logged.tags, outcome, split)
-    client = MlflowClient(store.tracking_uri)
-    client.log_text(logged.run_id, card, CARD_FILE)
-    client.update_model_version(outcome.model_name, outcome.version, description=card)
+    describe_version(store, outcome.model_name, outcome.version, logged.run_id, card, CARD_FILE)
     return outcome

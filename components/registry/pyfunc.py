@@ -12,10 +12,12 @@ logging a candidate as this pyfunc, and loading the Predictor back.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pickle
 import tempfile
+import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -24,13 +26,16 @@ from typing import Any
 
 import mlflow
 import pandas as pd
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
 from components.artifacts import METRICS_FILE, MODEL_FILE
 from components.config import Window
-from components.registry.serving import MemberSpec, Predictor, ServingSpec
+from components.data.rejects import DicomRejected, RejectReason
+from components.registered_models import download_model
+from components.registry.serving import MemberSpec, Predictor, ServingSpec, Source
 from components.tracking import Store, candidate_run, connect, git_commit
 from components.training.backbones import ModelFileError
 
@@ -70,6 +75,31 @@ _PINNED = (
     "pylibjpeg-rle",
 )
 
+_log = logging.getLogger(__name__)
+
+
+class RequestRefused(MlflowException):
+    """A whole request the model does not answer, as one line of our own (HTTP 400, or 500
+    for a fault of the server).
+
+    MLflow's scoring server rewrites the `message` of an MlflowException from `predict` to
+    `Failed to predict data '<the request's DataFrame>'. \nError: ...`: two lines that quote
+    the request. Here the first message set is kept, so the client gets this line alone.
+    """
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        if not hasattr(self, "_message"):
+            self._message = value
+
+    @classmethod
+    def bad_request(cls, message: str) -> RequestRefused:
+        return cls.invalid_parameter_value(message)
+
 
 def _output_columns(probability_key: str, per: str = "slice") -> tuple[str, ...]:
     if per == "series":
@@ -81,7 +111,7 @@ def _per(frame: pd.DataFrame) -> str:
     """The `per` column's one value (`slice` by default, or `series`)."""
     values = {str(v) for v in frame["per"] if _present(v)} if "per" in frame.columns else set()
     if not values <= {"slice", "series"} or len(values) > 1:
-        raise MlflowException.invalid_parameter_value(
+        raise RequestRefused.bad_request(
             f"per is {sorted(values)}: give one value for all rows, 'slice' (default) or 'series'"
         )
     return values.pop() if values else "slice"
@@ -125,65 +155,98 @@ class MyelometModel(mlflow.pyfunc.PythonModel):
 
         Returns:
             Per slice: columns file, frame, p_<positive>, label, threshold, error; one row
-            per slice (frame set for multi-frame files) or per unusable file (error set).
+            per slice (frame set for multi-frame files) or per unusable item (error set: a
+            file that cannot be read or used, text in `dicom`, a row without dicom or path).
             Per series: series, p_<positive>, label, threshold, n_slices, n_rejected, error
             (see `Predictor.predict_series`).
 
         Raises:
-            MlflowException: (HTTP 400 when served) no dicom or path column, a row without
-                either, text in `dicom`, paths sent to the scoring server, or more DICOM
-                bytes than MYELOMET_MAX_REQUEST_BYTES.
+            RequestRefused: one line, HTTP 400 when served: no dicom or path column, per
+                values that differ, paths sent to the scoring server, or more DICOM bytes than
+                MYELOMET_MAX_REQUEST_BYTES; HTTP 500 for an unforeseen failure (its type and
+                place go to the server's log, never a traceback to the client).
         """
         if self.predictor is None:
             raise RuntimeError("the model is not loaded; load it with mlflow.pyfunc.load_model")
+        try:
+            return self._predict(self.predictor, model_input)
+        except RequestRefused:
+            raise
+        except Exception as exc:
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            _log.error(
+                "unexpected %s at %s:%s while predicting a request",
+                type(exc).__name__,
+                where.filename,
+                where.lineno,
+            )
+            raise RequestRefused(
+                f"unexpected {type(exc).__name__} while predicting; the model server's log "
+                "says where, and no file of the request was answered"
+            ) from None
+
+    def _predict(self, predictor: Predictor, model_input: pd.DataFrame) -> pd.DataFrame:
         sources, names = self._sources(model_input)
         per = _per(model_input)
         if per == "series":
-            rows = self.predictor.predict_series(sources, names)
+            rows = predictor.predict_series(sources, names)
         else:
-            rows = self.predictor.predict_sources(sources, names)
-        columns = _output_columns(self.predictor.spec.probability_key, per)
+            rows = predictor.predict_sources(sources, names)
+        columns = _output_columns(predictor.spec.probability_key, per)
         return pd.DataFrame(
             [[row.get(c) for c in columns] for row in rows], columns=list(columns), dtype=object
         )
 
-    def _sources(self, frame: pd.DataFrame) -> tuple[list[bytes | str], list[str]]:
+    def _sources(self, frame: pd.DataFrame) -> tuple[list[Source], list[str]]:
+        """Each row's bytes or path (a DicomRejected for a row that holds neither) and name.
+
+        Raises:
+            RequestRefused: what `predict` refuses a whole request for.
+        """
         if not isinstance(frame, pd.DataFrame) or not {"dicom", "path"} & set(frame.columns):
-            raise MlflowException.invalid_parameter_value(
+            raise RequestRefused.bad_request(
                 'send a "dicom" column (each file\'s bytes, base64-encoded in JSON) or a "path" '
                 'column, e.g. {"dataframe_split": {"columns": ["dicom"], "data": [["<base64>"]]}}'
             )
         served = os.environ.get(_SERVING_ENV, "").lower() in ("true", "1")
         paths_allowed = not served or os.environ.get(ALLOW_PATHS_ENV) == "1"
-        sources: list[bytes | str] = []
+        sources: list[Source] = []
         names: list[str] = []
         total = 0
         for i, row in enumerate(frame.itertuples(index=False)):
             data = getattr(row, "dicom", None)
             path = getattr(row, "path", None)
             name = getattr(row, "name", None)
+            names.append(str(name) if _present(name) else f"dicom[{i}]")
             if _present(data):
                 if not isinstance(data, bytes | bytearray | memoryview):
-                    raise MlflowException.invalid_parameter_value(
-                        f"row {i}: dicom holds {type(data).__name__}, not bytes; send the file's "
-                        "bytes (base64-encoded in JSON)"
+                    sources.append(
+                        DicomRejected(
+                            RejectReason.NOT_DICOM,
+                            f"row {i}: dicom holds {type(data).__name__}, not bytes; send the "
+                            "file's bytes (base64-encoded in JSON)",
+                        )
                     )
+                    continue
                 total += len(data)
                 sources.append(bytes(data))
-                names.append(str(name) if _present(name) else f"dicom[{i}]")
             elif _present(path):
                 if not paths_allowed:
-                    raise MlflowException.invalid_parameter_value(
+                    raise RequestRefused.bad_request(
                         "the model server does not read files from its own disk; send each "
                         f"file's bytes in the dicom column (or start it with {ALLOW_PATHS_ENV}=1 "
                         "on a trusted host)"
                     )
                 sources.append(str(path))
-                names.append(str(name) if _present(name) else str(path))
+                names[-1] = str(name) if _present(name) else str(path)
             else:
-                raise MlflowException.invalid_parameter_value(f"row {i} has neither dicom nor path")
+                sources.append(
+                    DicomRejected(
+                        RejectReason.NOT_DICOM, f"row {i} has neither dicom nor path; send one"
+                    )
+                )
         if total > self.max_request_bytes:
-            raise MlflowException.invalid_parameter_value(
+            raise RequestRefused.bad_request(
                 f"the request carries {total} bytes of DICOM, over the limit of "
                 f"{self.max_request_bytes} ({MAX_REQUEST_BYTES_ENV}); send fewer files per request"
             )
@@ -367,20 +430,49 @@ def load_predictor(model_uri: str, tracking_uri: str | None = None) -> Predictor
 
     Raises:
         MlflowException: no model at the URI.
-        ModelFileError: a file of the logged model is damaged (python_model.pkl, model.keras).
+        ModelFileError: a file of the logged model is damaged (MLmodel, python_model.pkl,
+            model.keras).
         TypeError: the model is not a myelomet pyfunc.
     """
-    if tracking_uri is not None:
-        mlflow.set_tracking_uri(tracking_uri)
-    try:
-        model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as exc:
-        raise ModelFileError(
-            f"python_model.pkl of {model_uri} cannot be unpickled ({type(exc).__name__}: {exc}); "
-            "the logged model is damaged or was saved by another version of myelomet: "
-            "download it again or register a new one with `myelomet evaluate`"
-        ) from exc
+    local = download_model(model_uri, tracking_uri)
+    _check_model_files(Path(local), model_uri)
+    model = mlflow.pyfunc.load_model(local).unwrap_python_model()
     predictor = getattr(model, "predictor", None)
     if not isinstance(predictor, Predictor):
         raise TypeError(f"{model_uri} is not a myelomet model (no serving Predictor inside)")
     return predictor
+
+
+def _check_model_files(folder: Path, model_uri: str) -> None:
+    """Read a downloaded pyfunc's MLmodel and unpickle its python model before MLflow loads
+    them, so that a damaged file is named in one line (MLflow would raise whatever the bytes
+    lead its parsers to: a YAML error, OverflowError, ...). A folder without MLmodel is left
+    to MLflow, which says so.
+
+    Raises:
+        ModelFileError: MLmodel is not a pyfunc's description, or the pickle cannot be read.
+    """
+    again = "download it again or register a new one with `myelomet evaluate`"
+    description = folder / "MLmodel"
+    if not description.is_file():
+        return
+    try:
+        pickled = (
+            folder
+            / yaml.safe_load(description.read_text())["flavors"]["python_function"]["python_model"]
+        )
+    except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as exc:
+        raise ModelFileError(
+            f"MLmodel of {model_uri} is not the description of an MLflow python model "
+            f"({type(exc).__name__}); the logged model is damaged: {again}"
+        ) from None
+    try:
+        with pickled.open("rb") as f:
+            pickle.load(f)
+    except Exception as exc:
+        problem = " ".join(str(exc).split())[:200]
+        raise ModelFileError(
+            f"{pickled.name} of {model_uri} cannot be unpickled ({type(exc).__name__}: "
+            f"{problem}); the logged model is damaged or was saved by another version of "
+            f"myelomet: {again}"
+        ) from None

@@ -307,14 +307,21 @@ class Predictor:
             on validation (the slice one when none was). Rejected files count against their
             folder's series; a folder with none usable gets `{"series", "error", ...}`.
         """
-        groups: dict[tuple[str, str], list[float]] = {}
+        return [row for row, _ in self.series_with_slices(sources, names)]
+
+    def series_with_slices(
+        self, sources: Sequence[Source], names: Sequence[str] | None = None
+    ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+        """As `predict_series`, each series' row with the rows of its slices (those of
+        `predict_sources`; none for an error row), e.g. to answer each series as DICOM."""
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         rejected: dict[str, int] = {}
         for row, uid in self._rows(sources, names):
             folder = _folder(row["file"])
             if "error" in row:
                 rejected[folder] = rejected.get(folder, 0) + 1
             else:
-                groups.setdefault((folder, uid), []).append(row[self.spec.probability_key])
+                groups.setdefault((folder, uid), []).append(row)
         return _series_rows(groups, rejected, self.spec)
 
     def _rows(
@@ -432,39 +439,39 @@ def _folder(file: str) -> str:
 
 
 def _series_rows(
-    groups: Mapping[tuple[str, str], list[float]], rejected: Mapping[str, int], spec: ServingSpec
-) -> list[dict[str, Any]]:
-    """The rows of `Predictor.predict_series`."""
+    groups: Mapping[tuple[str, str], list[dict[str, Any]]],
+    rejected: Mapping[str, int],
+    spec: ServingSpec,
+) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The rows of `Predictor.series_with_slices`."""
     threshold = float(spec.thresholds.get("patient", spec.threshold))
     series_of: dict[str, list[str]] = {}
     for folder, uid in groups:
         series_of.setdefault(folder, []).append(uid)
     out = []
-    for (folder, uid), probabilities in groups.items():
+    for (folder, uid), slices in groups.items():
         k = series_of[folder].index(uid) + 1
         alone = len(series_of[folder]) == 1
         name = folder if folder and alone else f"{folder} (series {k})" if folder else f"series {k}"
-        p = float(np.mean(probabilities))
-        out.append(
-            {
-                "series": name,
-                spec.probability_key: p,
-                "label": spec.positive_class if p >= threshold else spec.negative_class,
-                "threshold": threshold,
-                "n_slices": len(probabilities),
-                "n_rejected": rejected.get(folder, 0) if alone else 0,
-            }
-        )
+        p = float(np.mean([s[spec.probability_key] for s in slices]))
+        row = {
+            "series": name,
+            spec.probability_key: p,
+            "label": spec.positive_class if p >= threshold else spec.negative_class,
+            "threshold": threshold,
+            "n_slices": len(slices),
+            "n_rejected": rejected.get(folder, 0) if alone else 0,
+        }
+        out.append((row, slices))
     for folder, count in rejected.items():
         if len(series_of.get(folder, [])) != 1:  # none to count them against, or several
-            out.append(
-                {
-                    "series": folder or "unnamed",
-                    "error": "files that are not usable CT; the per-slice output says why",
-                    "n_slices": 0,
-                    "n_rejected": count,
-                }
-            )
+            row = {
+                "series": folder or "unnamed",
+                "error": "files that are not usable CT; the per-slice output says why",
+                "n_slices": 0,
+                "n_rejected": count,
+            }
+            out.append((row, []))
     return out
 
 

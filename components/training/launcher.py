@@ -77,7 +77,7 @@ def run_backbone_process(
         on_progress: called with each epoch's progress (training_loop.progress_line).
 
     Returns:
-        The training result (components.training.outputs.TrainResult as a dict).
+        The training result (components.training.run_folder.TrainResult as a dict).
 
     Raises:
         BackboneFailed: the process exited non-zero; the error it recorded, or the end of its

@@ -27,8 +27,9 @@ _PLACEMENT = frozenset({
     "models_out", "cache_dir", "compile_cache", "processes_per_gpu", "weights_dir",
     "weights_dir_env", "require_pretrained",
 })  # fmt: skip
-# The module a backbone's process runs: the digest of its import closure is in the hash.
-_TRAINING_ENTRY = "components.training.worker"
+# The module a backbone's process runs: the digest of its closure is in the hash (the stages
+# that train depend on the same closure, tests/test_stage_deps.py).
+TRAINING_MODULE = "components.training.worker"
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def plan_run(name: str, cfg: Config) -> RunPlan:
     source = _weights(name, cfg)
     inputs_hash = hash_json(
         {
-            "code": source_digest([_TRAINING_ENTRY]),
+            "code": source_digest([TRAINING_MODULE]),
             "backbone": name,
             "size": size,
             "data": version,

@@ -16,13 +16,14 @@ import numpy as np
 from components.artifacts import CURVES_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE
 from components.config import Config
 from components.training.batches import TrainingData, data_paths
+from components.training.runtime import framework_requirements
 
 if TYPE_CHECKING:
     import keras
 
     from components.tracking import BackboneRun, Store
-    from components.training.outputs import TrainResult
     from components.training.plan import RunPlan
+    from components.training.run_folder import TrainResult
 
 
 @contextlib.contextmanager
@@ -101,4 +102,6 @@ def log_finish(
     )
     for name in (METRICS_FILE, HISTORY_FILE, PREDICTIONS_FILE, CURVES_FILE):
         run.log_artifact(out_dir / name)
-    run.log_model(model, np.asarray(data.x[:2], dtype=np.float32), probs[:2])
+    run.log_model(
+        model, np.asarray(data.x[:2], dtype=np.float32), probs[:2], framework_requirements()
+    )

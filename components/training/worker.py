@@ -4,7 +4,7 @@
 when a finished run with the same inputs is in its folder; else it loads the data
 (`components.training.batches`), trains (`components.training.phases`: head and fine-tuning
 with ImageNet weights, else every layer from scratch), writes the outputs
-(`components.training.outputs`) and logs the MLflow run (`components.training.run_logging`).
+(`components.training.run_folder`) and logs the MLflow run (`components.training.run_logging`).
 
 Every epoch writes a checkpoint (model with optimizer state, and a JSON state) to
 `out_dir/checkpoint/`; a run that stops resumes from its last epoch. The loop of one phase
@@ -42,15 +42,15 @@ from components.artifacts import (
 from components.config import Config, load_config
 from components.training.batches import InputDataError, class_weights, load_inputs
 from components.training.loop import PhaseContext, RunState
-from components.training.outputs import (
+from components.training.phases import float32_copy, train_from_scratch, train_pretrained
+from components.training.plan import plan_run
+from components.training.run_folder import (
     TrainResult,
     finished_result,
     run_result,
     write_json,
     write_outputs,
 )
-from components.training.phases import float32_copy, train_from_scratch, train_pretrained
-from components.training.plan import plan_run
 from components.training.run_logging import log_finish, log_start, maybe_run
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from components import tracking
 from components.config import TrackingConfig
+from components.training.runtime import framework_requirements
 from tests.tool_env import project_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +105,7 @@ KILLED_STUDY = """
 import os, signal, sys
 from components import tracking
 from components.config import TrackingConfig
+from components.training.runtime import framework_requirements
 store = tracking.resolve_store(TrackingConfig(experiment="test"), sys.argv[1])
 parent = tracking.start_study(store, "killed")
 run = tracking.backbone_run(store, "VGG16", parent_run_id=parent, system_metrics=False)
@@ -161,7 +163,7 @@ def test_keras_model_is_logged_with_a_signature_and_loads(store):
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
     x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
     with tracking.backbone_run(store, "Tiny", system_metrics=False) as run:
-        uri = run.log_model(model, x, model.predict(x, verbose=0))
+        uri = run.log_model(model, x, model.predict(x, verbose=0), framework_requirements())
     info = mlflow.models.get_model_info(uri)
     assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 4)
     loaded = mlflow.keras.load_model(uri)

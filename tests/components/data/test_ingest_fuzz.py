@@ -160,10 +160,12 @@ if not os.getenv("HYPOTHESIS_STORAGE_DIRECTORY"):
 OUTCOMES: dict[str, Counter[str]] = {}  # per test: MANIFEST or reject reason -> files
 
 # Hostile values make pydicom warn about them and numpy overflow in the modality LUT; that is
-# expected here, and the run's outcome is checked instead.
-pytestmark = pytest.mark.filterwarnings(
-    "ignore::UserWarning:pydicom", "ignore::RuntimeWarning:pydicom"
-)
+# expected here, and the run's outcome is checked instead. Fuzzing is slow: `-m "not slow"`
+# leaves this module out.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore::UserWarning:pydicom", "ignore::RuntimeWarning:pydicom"),
+]
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,17 @@ from components.evaluation.candidates import (
     PREDICTION_COLUMNS,
     SPLITS,
     ensemble_predictions,
-    evaluate,
     load_predictions,
+    score_candidates,
 )
-from components.evaluation.metrics import Estimate, aggregate_patients, youden_threshold
-from components.evaluation.outputs import (
+from components.evaluation.metric_files import (
     calibration_plot_data,
     comparisons_table,
     confusion_plot_data,
     roc_plot_data,
     to_metrics_json,
 )
+from components.evaluation.metrics import Estimate, aggregate_patients, youden_threshold
 from components.metric_names import ALL_METRICS, LEVELS, parse_metric_name
 
 CLASSES = ("MM", "OMBT")
@@ -69,7 +69,7 @@ def _predictions(
 
 @pytest.fixture(scope="module")
 def results():
-    return evaluate(_predictions(), CLASSES, "MM", n_bootstrap=N_BOOT, ensemble_top_k=2)
+    return score_candidates(_predictions(), CLASSES, "MM", n_bootstrap=N_BOOT, ensemble_top_k=2)
 
 
 def _perturb_test(predictions: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
@@ -141,8 +141,8 @@ def test_thresholds_are_youden_on_validation(results):
 
 def test_test_data_never_change_thresholds_ensemble_or_selection():
     predictions = _predictions()
-    base = evaluate(predictions, CLASSES, "MM", n_bootstrap=50, ensemble_top_k=2)
-    perturbed = evaluate(
+    base = score_candidates(predictions, CLASSES, "MM", n_bootstrap=50, ensemble_top_k=2)
+    perturbed = score_candidates(
         _perturb_test(predictions, 3), CLASSES, "MM", n_bootstrap=50, ensemble_top_k=2
     )
     assert perturbed.selected == base.selected
@@ -176,18 +176,18 @@ def test_ensemble_predictions_reject_different_images():
     with pytest.raises(ValueError, match="different val/test slices"):
         ensemble_predictions(shorter, ["VGG16", "MobileNet"])
     with pytest.raises(ValueError, match="same split.csv"):
-        evaluate(shorter, CLASSES, "MM", n_bootstrap=20)
+        score_candidates(shorter, CLASSES, "MM", n_bootstrap=20)
 
 
 def test_no_ensemble_below_two_members():
-    results = evaluate(_predictions(), CLASSES, "MM", n_bootstrap=20, ensemble_top_k=1)
+    results = score_candidates(_predictions(), CLASSES, "MM", n_bootstrap=20, ensemble_top_k=1)
     assert ENSEMBLE not in results.candidates and results.ensemble_members == ()
 
 
 def test_pairwise_comparisons_find_the_better_model_and_not_a_copy():
     predictions = _predictions(per_class=10)
     predictions["VGG16copy"] = predictions["VGG16"].copy()
-    results = evaluate(predictions, CLASSES, "MM", n_bootstrap=N_BOOT, ensemble_top_k=0)
+    results = score_candidates(predictions, CLASSES, "MM", n_bootstrap=N_BOOT, ensemble_top_k=0)
     table = comparisons_table(results)
     assert len(table) == 4 * 3 // 2
     assert list(table.columns) == [
@@ -261,7 +261,7 @@ def test_one_class_test_split_gives_nan_not_a_crash():
         name: frame[~((frame["split"] == "test") & (frame["label"] == "OMBT"))]
         for name, frame in _predictions().items()
     }
-    results = evaluate(predictions, CLASSES, "MM", n_bootstrap=30, ensemble_top_k=2)
+    results = score_candidates(predictions, CLASSES, "MM", n_bootstrap=30, ensemble_top_k=2)
     test = results.candidates["VGG16"].metrics["test"]
     assert math.isnan(test["patient"]["auc"].value) and math.isnan(
         test["slice"]["specificity"].value
@@ -277,14 +277,16 @@ def test_invalid_predictions_raise_with_advice():
     predictions = _predictions()
     with pytest.raises(ValueError, match="labels \\['mm'\\]"):
         bad = predictions["VGG16"].assign(label=lambda f: f["label"].replace("MM", "mm"))
-        evaluate({"VGG16": bad}, CLASSES, "MM", n_bootstrap=20)
+        score_candidates({"VGG16": bad}, CLASSES, "MM", n_bootstrap=20)
     with pytest.raises(ValueError, match="no 'val' rows"):
-        evaluate(
+        score_candidates(
             {"VGG16": predictions["VGG16"].query("split != 'val'")}, CLASSES, "MM", n_bootstrap=20
         )
     with pytest.raises(ValueError, match="reserved"):
-        evaluate({ENSEMBLE: predictions["VGG16"]}, CLASSES, "MM", n_bootstrap=20)
+        score_candidates({ENSEMBLE: predictions["VGG16"]}, CLASSES, "MM", n_bootstrap=20)
     with pytest.raises(ValueError, match="<level>_<metric>"):
-        evaluate(predictions, CLASSES, "MM", select_metric="auc")
+        score_candidates(predictions, CLASSES, "MM", select_metric="auc")
     with pytest.raises(ValueError, match="probability"):
-        evaluate({"VGG16": predictions["VGG16"].assign(p=2.0)}, CLASSES, "MM", n_bootstrap=20)
+        score_candidates(
+            {"VGG16": predictions["VGG16"].assign(p=2.0)}, CLASSES, "MM", n_bootstrap=20
+        )

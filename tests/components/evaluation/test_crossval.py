@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.evaluation.candidates import ENSEMBLE, evaluate
+from components.evaluation.candidates import ENSEMBLE, score_candidates
 from components.evaluation.crossval import cross_validate, fold_spread, pool_candidate
+from components.evaluation.metric_files import confusion_plot_data, to_metrics_json
 from components.evaluation.metrics import aggregate_patients, bootstrap_metrics
-from components.evaluation.outputs import confusion_plot_data, to_metrics_json
 from components.metric_names import LEVELS
 
 CLASSES = ("MM", "OMBT")
@@ -58,7 +58,7 @@ def _fold_predictions(number: int, seed: int = 0) -> dict[str, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def folds():
     return [
-        evaluate(_fold_predictions(f), CLASSES, CLASSES[0], ensemble_top_k=2, **OPTIONS)
+        score_candidates(_fold_predictions(f), CLASSES, CLASSES[0], ensemble_top_k=2, **OPTIONS)
         for f in range(FOLDS)
     ]
 

@@ -14,7 +14,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from components.config import BACKBONES
-from components.evaluation.candidates import ENSEMBLE, evaluate
+from components.evaluation.candidates import ENSEMBLE, score_candidates
 from components.evaluation.figures import (
     FIGURES,
     confusion_grid,
@@ -25,7 +25,7 @@ from components.evaluation.figures import (
 )
 from components.evaluation.metrics import Estimate
 from components.evaluation.paper import PAPER_TABLE2
-from components.evaluation.report import (
+from components.evaluation.report_content import (
     DataSummary,
     LeakageComparison,
     StudyInputs,
@@ -35,9 +35,9 @@ from components.evaluation.report import (
     load_histories,
     load_weights_info,
 )
-from components.evaluation.study_page import study_page, write_study_report
+from components.evaluation.report_html import study_page, write_study_report
 from components.metric_names import THRESHOLD_METRICS
-from components.registry.promotion import RegistryOutcome
+from components.registry_outcome import RegistryOutcome
 from tests.offline_html import assert_offline
 
 CLASSES = ("MM", "OMBT")
@@ -107,12 +107,14 @@ def split_frame() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def results(split_frame):
-    return evaluate(_predictions(split_frame), CLASSES, "MM", n_bootstrap=100, ensemble_top_k=2)
+    return score_candidates(
+        _predictions(split_frame), CLASSES, "MM", n_bootstrap=100, ensemble_top_k=2
+    )
 
 
 @pytest.fixture(scope="module")
 def image_split_results(split_frame):
-    return evaluate(
+    return score_candidates(
         _predictions(split_frame, seed=5), CLASSES, "MM", n_bootstrap=100, ensemble_top_k=0
     )
 

@@ -27,6 +27,7 @@ def _echo(out: str, dep: str | None = None) -> dict:
     return stage | ({"deps": [dep]} if dep else {})
 
 
+@pytest.mark.slow
 def test_stage_order_puts_dependencies_first_and_keeps_the_file_order_otherwise(tmp_path):
     root = _dvc_project(
         tmp_path,
@@ -42,6 +43,7 @@ def test_stage_order_puts_dependencies_first_and_keeps_the_file_order_otherwise(
     assert stages.stage_order(root) == ["prepare", "audit", "train", "report"]
 
 
+@pytest.mark.slow
 def test_a_stage_runs_through_dvc_streams_its_lines_and_is_skipped_when_up_to_date(tmp_path):
     root = _dvc_project(tmp_path, {"hello": _echo("hello.txt")})
     lines: list[str] = []
@@ -54,6 +56,7 @@ def test_a_stage_runs_through_dvc_streams_its_lines_and_is_skipped_when_up_to_da
     assert "Stage 'hello' didn't change, skipping" in again
 
 
+@pytest.mark.slow
 def test_a_failing_stage_raises_with_its_name_log_and_last_lines(tmp_path):
     cmd = "python -c \"import sys; print('checking'); sys.exit('bad data: fix the manifest')\""
     root = _dvc_project(tmp_path, {"check": {"cmd": cmd, "outs": ["never.txt"]}})
@@ -116,6 +119,7 @@ def _git(root: Path, *args: str) -> None:
     )
 
 
+@pytest.mark.slow
 def test_workspace_files_index_and_outputs_are_put_back_after_an_experiment(tmp_path):
     _git(tmp_path, "init", "-q")
     root = _dvc_project(tmp_path, {"hello": _echo("hello.txt")}, scm=True)

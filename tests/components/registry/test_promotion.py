@@ -11,10 +11,10 @@ from mlflow.tracking import MlflowClient
 
 from components import tracking
 from components.config import Config, EvaluationConfig, load_config
-from components.evaluation.candidates import evaluate
+from components.evaluation.candidates import score_candidates
+from components.evaluation.metric_files import log_candidate_runs
 from components.evaluation.metrics import aggregate_patients, roc_auc, threshold_metrics
-from components.evaluation.outputs import log_candidate_runs
-from components.evaluation.report import format_estimate
+from components.evaluation.report_content import format_estimate
 from components.registry import promotion
 from tests.components.registry.registry_support import keras_p, run_cli
 from tests.model_factory import (
@@ -173,20 +173,32 @@ def test_predict_prints_one_json_line_per_slice(store, logged, ct_files, params,
     assert code == 2 and "cannot load models:/nothing@champion" in err
 
 
+VAL_PATIENTS = 3
+TEST_PATIENTS = 4
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """A project root with trained models, a manifest of HU slices and a split."""
+    """A project root with a trained model, a manifest of HU slices and a split: two slices
+    of one image per patient, 3 validation patients, then 4 test patients labelled so that
+    the model scores both MM patients below both OMBT ones (its test patient AUC is 0)."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     write_models_dir(tmp_path, tiny_model())
     slices = tmp_path / "data" / "processed" / "slices"
     slices.mkdir(parents=True)
-    hu = ct_like_slices(12)
-    rows = []
-    for i, image in enumerate(hu):
-        np.save(slices / f"im{i}.npy", image)
-        split = "val" if i < 6 else "test"
-        label = "MM" if (i // 2) % 2 == 0 else "OMBT"
-        rows.append((f"im{i}", f"pt{i // 2}", label, split, f"slices/im{i}.npy"))
+    images = ct_like_slices(VAL_PATIENTS + TEST_PATIENTS)
+    per_patient = keras_p(tmp_path / "models", images)
+    ranked = np.argsort(per_patient[VAL_PATIENTS:]) + VAL_PATIENTS
+    labels = ["MM", "OMBT", "MM"] + [""] * TEST_PATIENTS
+    for rank, patient in enumerate(ranked):
+        labels[patient] = "MM" if rank < TEST_PATIENTS // 2 else "OMBT"
+    rows, hu = [], []
+    for i in range(2 * len(images)):
+        patient = i // 2
+        np.save(slices / f"im{i}.npy", images[patient])
+        hu.append(images[patient])
+        split = "val" if patient < VAL_PATIENTS else "test"
+        rows.append((f"im{i}", f"pt{patient}", labels[patient], split, f"slices/im{i}.npy"))
     table = pd.DataFrame(rows, columns=["image_id", "patient", "label", "split", "file"])
     table.to_csv(slices.parent / "manifest.csv", index=False)
     (tmp_path / "data" / "splits").mkdir(parents=True)
@@ -195,10 +207,18 @@ def project(tmp_path, monkeypatch):
     return tmp_path, table.assign(p=p)
 
 
+def _set_data_version(root: Path, version: str) -> None:
+    metrics_file = root / "models" / BACKBONE / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**metrics, "data_version": version}))
+
+
 def test_register_selected_logs_registers_and_rescores_a_champion_of_other_data(project):
     root, predictions = project
     cfg = Config(root=root, evaluation=EvaluationConfig(n_bootstrap=10))
-    results = evaluate({BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0)
+    results = score_candidates(
+        {BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0
+    )
     chosen = results.candidates[BACKBONE]
 
     store = tracking.resolve_store(cfg.tracking, root)
@@ -223,22 +243,26 @@ def test_register_selected_logs_registers_and_rescores_a_champion_of_other_data(
     assert f"| AUC | {format_estimate(chosen.metrics['test']['slice']['auc'], 3)} |" in card
     assert "random initialisation" in card and "champion" in card
 
-    metrics_file = root / "models" / BACKBONE / "metrics.json"
-    metrics_file.write_text(
-        json.dumps({**json.loads(metrics_file.read_text()), "data_version": "dv2"})
-    )
+    # The champion was tested on other data: it is rescored on these test slices, where the
+    # model's patient AUC is 0 by construction. The same scores tie it: no win.
+    _set_data_version(root, "dv2")
     second = promotion.register_selected(cfg, results, study_run)
-
-    test = predictions[predictions["split"] == "test"]
-    per_patient = aggregate_patients(
-        test["patient"], (test["label"] == POSITIVE).astype(int), test["p"]
-    )
-    rescored = roc_auc(per_patient["y"], per_patient["p"])
-    assert second.previous_version == "1"
-    assert second.previous_value == pytest.approx(rescored)
+    assert chosen.metrics["test"]["patient"]["auc"].value == 0.0
+    assert (second.previous_version, second.previous_value) == ("1", pytest.approx(0.0))
+    assert second.alias == "challenger"
     assert _tags(store, "myelomet", "2")["promotion.compared"] == "rescored"
-    new = chosen.metrics["test"]["patient"]["auc"].value
-    assert second.alias == ("champion" if new > rescored else "challenger")
+
+    # A candidate whose scores rank every test patient right (AUC 1) beats the rescored 0.
+    inverted = predictions.assign(p=1 - predictions["p"])
+    results = score_candidates(
+        {BACKBONE: inverted}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0
+    )
+    assert results.candidates[BACKBONE].metrics["test"]["patient"]["auc"].value == 1.0
+    _set_data_version(root, "dv3")
+    third = promotion.register_selected(cfg, results, study_run)
+    assert (third.previous_version, third.previous_value) == ("1", pytest.approx(0.0))
+    assert (third.version, third.alias) == ("3", "champion")
+    assert _aliases(store, "myelomet") == {"champion": "3", "challenger": "2"}
 
 
 def test_a_moved_project_is_detected_relocated_and_predicts(
@@ -247,7 +271,9 @@ def test_a_moved_project_is_detected_relocated_and_predicts(
     root, predictions = project
     (root / "params.yaml").write_text("evaluation: {n_bootstrap: 10}\n")
     cfg = load_config(root / "params.yaml")
-    results = evaluate({BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0)
+    results = score_candidates(
+        {BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0
+    )
     store = tracking.resolve_store(cfg.tracking, root)
     promotion.register_selected(cfg, results, tracking.start_study(store, "study"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI")  # set by MLflow; a new shell has the project's
@@ -275,7 +301,7 @@ def test_a_moved_project_is_detected_relocated_and_predicts(
 
 
 _PROMOTE_AT = """
-import json, sys, time
+import json, os, sys, time
 from pathlib import Path
 from components.registry import promotion
 from components.tracking import Store
@@ -285,7 +311,7 @@ def slow_decide(*args, **kwargs):  # widen the window between reading and settin
     time.sleep(2)
     return decide(*args, **kwargs)
 promotion._decide = slow_decide
-Path(barrier, f"ready-{len(list(Path(barrier).iterdir()))}").touch()
+Path(barrier, f"ready-{os.getpid()}").touch()  # a name of its own
 while len(list(Path(barrier).iterdir())) < 2:  # both reach the registry together
     time.sleep(0.01)
 store = Store(uri, None, "registry-test")

@@ -36,6 +36,7 @@ def _other_backend() -> str:
     return "jax" if runtime.backend() == "tensorflow" else "tensorflow"
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_one_backend_predicts_the_same_on_another(tmp_path):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)

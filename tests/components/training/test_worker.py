@@ -17,6 +17,7 @@ from components.config import BACKBONES, TrainingConfig, load_config
 from components.training import backbones, batches, devices, loop, runtime, worker
 from components.training.backbones import WeightsUnavailable, get_backbone
 from components.training.plan import plan_run
+from tests.project_factory import write_tiny_project
 from tests.tool_env import project_env
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -24,42 +25,10 @@ ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-def _write_tiny_project(root: Path, patients_per_class: int = 10, slices: int = 3) -> None:
-    """HU slices of 40 px, a manifest and a patient split: MM slices hold a bright disk,
-    OMBT slices a dark hole, anywhere on noisy soft tissue."""
-    rng = np.random.default_rng(0)
-    folder = root / "data" / "processed"
-    (folder / "slices").mkdir(parents=True)
-    yy, xx = np.mgrid[:40, :40]
-    rows, split = [], []
-    for c, label in enumerate(("MM", "OMBT")):
-        for p in range(patients_per_class):
-            patient = f"{label.lower()}{p:02d}"
-            part = "train" if p < 0.6 * patients_per_class else "val" if p % 2 else "test"
-            for k in range(slices):
-                hu = rng.normal(40, 30, (40, 40))
-                cy, cx = rng.uniform(12, 28, 2)
-                hu[(yy - cy) ** 2 + (xx - cx) ** 2 < rng.uniform(5, 8) ** 2] = (1200, -800)[c]
-                image_id = f"{patient}-{k}"
-                np.save(folder / "slices" / f"{image_id}.npy", hu.astype(np.int16))
-                rows.append(
-                    (image_id, patient, label, f"slices/{image_id}.npy", hu.min(), hu.max())
-                )
-                split.append((image_id, patient, label, part))
-    columns = ["image_id", "patient", "label", "file", "hu_min", "hu_max"]
-    pd.DataFrame(rows, columns=columns).to_csv(folder / "manifest.csv", index=False)
-    (root / "data" / "splits").mkdir(parents=True)
-    pd.DataFrame(split, columns=["image_id", "patient", "label", "split"]).to_csv(
-        root / "data" / "splits" / "split.csv", index=False
-    )
-    params = {"training": {"image_size": 32, "batch_size": 8, "epochs": 1, "weights": "none"}}
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     root = tmp_path_factory.mktemp("project")
-    _write_tiny_project(root)
+    write_tiny_project(root)
     return root
 
 
@@ -168,6 +137,7 @@ def test_each_backbone_trains_an_epoch_from_scratch_into_mlflow(name, project, s
     assert [m.name for m in logged] == ["model"]
 
 
+@pytest.mark.slow
 @pytest.mark.backends
 def test_interrupted_run_resumes_after_its_last_epoch(project, store):
     cfg, out = _cfg(project, epochs=2), project / "models" / "resume"
@@ -188,6 +158,7 @@ def test_interrupted_run_resumes_after_its_last_epoch(project, store):
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
 
 
+@pytest.mark.slow
 def test_command_line_trains_falling_back_to_scratch_then_skips(project, tmp_path, capsys, caplog):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["training"].update(weights="imagenet", weights_dir=str(tmp_path / "no-weights"))
@@ -242,6 +213,7 @@ def test_editing_the_training_code_or_adding_a_training_field_retrains(
     assert plan_run("MobileNet", cfg.model_copy(update={"training": placed})).inputs_hash == base
 
 
+@pytest.mark.slow
 def test_a_backbone_override_applies_to_that_backbone_and_its_inputs_hash(project, tmp_path):
     other = _cfg(project, overrides={"VGG16": {"epochs": 5}})
     mine = _cfg(project, overrides={"MobileNet": {"epochs": 2, "scratch_learning_rate": 5e-4}})
@@ -273,6 +245,7 @@ def test_required_pretrained_weights_that_cannot_be_had_stop_the_run(project, tm
     assert not (tmp_path / "out" / artifacts.RESULT_FILE).exists()
 
 
+@pytest.mark.slow
 def test_head_phase_features_are_cached_and_reused(project, tmp_path):
     weights = tmp_path / "weights"
     _plant_weights(weights, "MobileNet")
@@ -293,6 +266,7 @@ def test_head_phase_features_are_cached_and_reused(project, tmp_path):
     assert cached[0].stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 @pytest.mark.backends
 def test_fine_tuning_follows_the_head_phase(project, tmp_path):
     weights = tmp_path / "weights"
@@ -361,9 +335,10 @@ def test_the_training_step_minimises_the_weighted_loss_and_reports_the_whole_epo
     assert 0 < epochs[0]["accuracy"] < 1  # over 40 images, not one batch of 8
 
 
+@pytest.mark.slow
 def test_training_on_a_cpu_gives_the_same_predictions_on_any_number_of_cores(tmp_path):
     root = tmp_path / "project"
-    _write_tiny_project(root, patients_per_class=6, slices=2)
+    write_tiny_project(root, patients_per_class=6, slices=2)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["training"].update(epochs=2, cpu_threads=1)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
@@ -380,9 +355,10 @@ def test_training_on_a_cpu_gives_the_same_predictions_on_any_number_of_cores(tmp
     assert outputs[0] == outputs[1]
 
 
+@pytest.mark.slow
 def test_training_from_scratch_learns_a_separable_cohort(tmp_path):
     root = tmp_path / "project"
-    _write_tiny_project(root, patients_per_class=10, slices=3)
+    write_tiny_project(root, patients_per_class=10, slices=3)
     cfg = _cfg(root, epochs=6, monitor="val_auc", cpu_threads=1)
     result = worker.train_backbone("MobileNetV2", cfg, tmp_path / "out")
     assert result.weights == "random" and result.val_auc > 0.9, result
