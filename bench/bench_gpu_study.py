@@ -342,14 +342,13 @@ class Record:
 
     def save(self) -> None:
         """Replace the JSON file with the report (never a half-written file)."""
+        from components import atomic
+
         out = self.args.out
         if out is None:
             return
         with self.lock:
-            text = json.dumps(self.report(), indent=2)
-            partial = out.with_name(f".{out.name}.partial")
-            partial.write_text(text)
-            os.replace(partial, out)
+            atomic.write_text(out, json.dumps(self.report(), indent=2))
 
 
 def _trained_row(out: Path, result: dict[str, Any], wall: float) -> dict[str, Any]:

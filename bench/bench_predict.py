@@ -36,10 +36,11 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking  # noqa: E402
-from components.config import BACKBONES, InputConfig, TrackingConfig  # noqa: E402
+from components.config import BACKBONES, Config, TrackingConfig  # noqa: E402
 from components.registry import promotion, pyfunc  # noqa: E402
 from components.training.backbones import build_model  # noqa: E402
 from tests.dicom_factory import stored_pixels, write_plain  # noqa: E402
+from tests.model_factory import Candidate  # noqa: E402
 from tests.serving_server import mlflow_model_server  # noqa: E402
 
 NAME = "myelomet"
@@ -57,13 +58,8 @@ def _register(root: Path, backbone: str, size: int) -> str:
     logged = pyfunc.log_candidate(
         store,
         tracking.start_study(store, "bench"),
-        backbone,
-        [backbone],
-        root / "models",
-        InputConfig().channel_windows(),
-        ("MM", "OMBT"),
-        "MM",
-        {"slice": 0.5},
+        Candidate(backbone, (backbone,), {"slice": 0.5}),
+        Config(root=root),
     )
     promotion.register_and_promote(
         store, logged.model_uri, NAME, logged.tags, "patient_auc", 0.5, None, 0.0

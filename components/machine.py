@@ -120,3 +120,9 @@ def machine_tags(description: dict[str, object]) -> dict[str, str]:
     tags.update({f"machine.{k}": v for k, v in description["libraries"].items()})
     tags.update({f"machine.pin.{k}": v for k, v in description["kernel_pins"].items()})
     return tags
+
+
+def machine_record(description: dict[str, object]) -> dict[str, object]:
+    """The description for a metrics file (`machine` in metrics.json): nested strings and
+    numbers, the instruction sets joined by spaces, since `dvc metrics show` drops lists."""
+    return {**description, "cpu_flags": " ".join(description["cpu_flags"]) or "none"}

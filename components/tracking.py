@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import mlflow
+import psutil
 from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from components.config import TrackingConfig
+from components.machine import machine_description, machine_tags
 from components.relocation import check_not_moved
 
 if TYPE_CHECKING:
@@ -251,7 +253,9 @@ def start_study(
     """Open the parent run of a study and leave it running for the backbone runs.
 
     Study runs left RUNNING by a process of this machine that is gone (killed, say) are
-    closed first as KILLED, with their RUNNING backbone runs.
+    closed first as KILLED, with their RUNNING backbone runs. The run is tagged with the
+    machine it runs on (`machine.*`: CPU, float-relevant instruction sets, library versions,
+    kernel pins; see `components.machine`), which its numbers depend on.
 
     Args:
         store: where to log.
@@ -271,7 +275,12 @@ def start_study(
     client = MlflowClient(store.tracking_uri)
     for stale in close_stale_studies(store, experiment_id):
         log.warning("study run %s was left RUNNING by a process that is gone: marked KILLED", stale)
-    all_tags = {KIND_TAG: "study", OWNER_TAG: owner or process_identity(), **(tags or {})}
+    all_tags = {
+        KIND_TAG: "study",
+        OWNER_TAG: owner or process_identity(),
+        **machine_tags(machine_description()),
+        **(tags or {}),
+    }
     commit = git_commit(root) if root is not None else None
     if commit:
         all_tags["git_commit"] = commit
@@ -284,35 +293,41 @@ def start_study(
 
 
 def process_identity() -> str:
-    """`host:pid:start` of this process; `start` is its start time in clock ticks since boot
-    where /proc has it, so that a reused pid is not mistaken for it."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+    """`host:pid:start` of this process; `start` is its start time in seconds since the
+    epoch (psutil: Linux, macOS, Windows), so that a reused pid is not mistaken for it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid()):.2f}"
 
 
-def _start_ticks(pid: int) -> str:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rpartition(")")[2].split()[19]  # field 22, counted after the command name
+def _start_time(pid: int) -> float:
+    """When process `pid` started (seconds since the epoch); raises psutil.NoSuchProcess
+    when there is none (or only a zombie) and psutil.AccessDenied where it may not be read."""
+    process = psutil.Process(pid)
+    if process.status() == psutil.STATUS_ZOMBIE:
+        raise psutil.NoSuchProcess(pid)
+    return process.create_time()
+
+
+# Start times of one process read twice agree to 10 ms; a reused pid starts later than that.
+_SAME_START_S = 0.05
 
 
 def _is_gone(identity: str) -> bool:
     """Whether the process named by `process_identity` has ended; False where unknown
-    (another host, or no such tag)."""
+    (another host, no such tag, or a process this user may not inspect)."""
     parts = identity.rsplit(":", 2)
     if len(parts) != 3 or not parts[1].isdigit() or parts[0] != socket.gethostname():
         return False
     pid, start = int(parts[1]), parts[2]
-    if start:
-        return _start_ticks(pid) != start
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        started = _start_time(pid)
+    except psutil.NoSuchProcess:
         return True
-    except PermissionError:
+    except psutil.Error:
         return False
-    return False
+    try:
+        return abs(started - float(start)) > _SAME_START_S
+    except ValueError:  # no start recorded: the pid alone says it is alive
+        return False
 
 
 def close_stale_studies(store: Store, experiment_id: str) -> list[str]:
@@ -537,7 +552,12 @@ def backbone_run(
         except MlflowException as exc:
             log.warning("cannot reopen MLflow run %s (%s); starting a new one", run_id, exc)
     if active is None:
-        all_tags = {BACKBONE_TAG: backbone, KIND_TAG: "backbone", **(tags or {})}
+        all_tags = {
+            BACKBONE_TAG: backbone,
+            KIND_TAG: "backbone",
+            **machine_tags(machine_description()),
+            **(tags or {}),
+        }
         if fold is not None:
             all_tags[FOLD_TAG] = str(fold)
         if parent_run_id:

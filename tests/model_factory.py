@@ -9,12 +9,14 @@ two: probabilities cover much of [0, 1] and both labels occur.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from components.config import InputConfig, Window
+from components.config import Config, InputConfig, TrainingConfig, Window
 from components.data.dataset import model_input
 from components.training.backbones import build_model
 from tests.dicom_factory import ct_dataset, expected_hu, stored_pixels
@@ -70,3 +72,24 @@ def write_models_dir(
     metrics["keras_backend"] = keras.backend.backend()
     (folder / "metrics.json").write_text(json.dumps({**metrics, "data_version": data_version}))
     return root / "models"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate to log with `pyfunc.log_candidate` (an evaluation's CandidateResult in
+    the flow)."""
+
+    name: str
+    members: tuple[str, ...]
+    thresholds: Mapping[str, float]
+
+
+def models_config(models_dir: Path) -> Config:
+    """The params of a project whose training output is `models_dir` (`write_models_dir`):
+    CLASSES, POSITIVE and the default input (WINDOWS)."""
+    return Config(
+        root=models_dir.parent,
+        classes=CLASSES,
+        positive_class=POSITIVE,
+        training=TrainingConfig(models_out=str(models_dir)),
+    )

@@ -17,7 +17,13 @@ import requests
 
 from components import tracking
 from components.registry import promotion, pyfunc
-from tests.model_factory import BACKBONE, CLASSES, POSITIVE, WINDOWS, tiny_model, write_models_dir
+from tests.model_factory import (
+    BACKBONE,
+    Candidate,
+    models_config,
+    tiny_model,
+    write_models_dir,
+)
 from tests.tool_env import project_env
 
 CHAMPION = "models:/myelomet@champion"
@@ -39,17 +45,8 @@ def register_tiny_champion(root: Path, experiment: str = "serve-test") -> str:
     )
     models_dir = write_models_dir(root, tiny_model())
     study = tracking.start_study(store, "serve")
-    logged = pyfunc.log_candidate(
-        store,
-        study,
-        BACKBONE,
-        [BACKBONE],
-        models_dir,
-        WINDOWS,
-        CLASSES,
-        POSITIVE,
-        {"slice": CHAMPION_THRESHOLD},
-    )
+    candidate = Candidate(BACKBONE, (BACKBONE,), {"slice": CHAMPION_THRESHOLD})
+    logged = pyfunc.log_candidate(store, study, candidate, models_config(models_dir))
     promotion.register_and_promote(
         store, logged.model_uri, "myelomet", logged.tags, "patient_auc", 0.8, None, 0.0
     )

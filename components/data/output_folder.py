@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from components.artifacts import MANIFEST_FILE, REJECTS_FILE, SLICES_DIR
+from components.atomic import atomic_path
 
 # Written into every output folder of ingest: what a later run may replace.
 MARKER = ".myelomet-ingest"
@@ -123,10 +124,8 @@ def swap_in(new: Path, out: Path) -> None:
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
     """Write a CSV atomically (a half-written manifest must never look complete)."""
-    partial = path.with_name(path.name + ".partial")
-    with partial.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as partial, partial.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
         writer.writeheader()
         for row in rows:
             writer.writerow({c: "" if row.get(c) is None else row[c] for c in columns})
-    os.replace(partial, path)

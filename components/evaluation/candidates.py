@@ -29,6 +29,8 @@ import pandas as pd
 
 from components.artifacts import PREDICTIONS_FILE, probability_column
 from components.evaluation.metrics import (
+    DEFAULT_BOOTSTRAP,
+    BootstrapOptions,
     Estimate,
     aggregate_patients,
     bootstrap_metrics,
@@ -87,8 +89,7 @@ class EvaluationResults:
         ranking: candidate names, best on validation first.
         ensemble_members: backbones averaged by `ensemble`; empty when there is none.
         comparisons: every pair of candidates, in ranking order, on test.
-        n_bootstrap: resamples per interval.
-        confidence: coverage of the intervals.
+        options: how the intervals and comparisons were computed.
         fold_results: with cross-validation, each fold's own results, pooled into these
             (`crossval.cross_validate`); empty for a single split.
     """
@@ -100,8 +101,7 @@ class EvaluationResults:
     ranking: tuple[str, ...]
     ensemble_members: tuple[str, ...]
     comparisons: tuple[Comparison, ...]
-    n_bootstrap: int
-    confidence: float
+    options: BootstrapOptions
     fold_results: tuple[EvaluationResults, ...] = ()
 
 
@@ -231,11 +231,7 @@ def scored_rows(frame: pd.DataFrame, split: str, level: str, threshold: float) -
 def measure(
     frame: pd.DataFrame,
     thresholds: dict[str, float],
-    *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    calibration_bins: int = 10,
-    seed: int = 0,
+    options: BootstrapOptions,
 ) -> tuple[dict[str, dict[str, dict[str, Estimate]]], dict[str, dict[str, pd.DataFrame]]]:
     """Every metric with its patient-bootstrap interval, and the reliability curve, per
     split and level, each row called at its threshold (`scored_rows`).
@@ -254,12 +250,11 @@ def measure(
                 rows["p"].to_numpy(),
                 rows["patient"].to_numpy(),
                 rows["threshold"].to_numpy(float),
-                n_bootstrap=n_bootstrap,
-                confidence=confidence,
-                n_bins=calibration_bins,
-                seed=seed,
+                options=options,
             )
-            reliability[split][level] = reliability_curve(rows["y"], rows["p"], calibration_bins)
+            reliability[split][level] = reliability_curve(
+                rows["y"], rows["p"], options.calibration_bins
+            )
     return metrics, reliability
 
 
@@ -278,10 +273,7 @@ def score_candidate(
     frame: pd.DataFrame,
     *,
     members: Sequence[str] | None = None,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    calibration_bins: int = 10,
-    seed: int = 0,
+    options: BootstrapOptions = DEFAULT_BOOTSTRAP,
 ) -> CandidateResult:
     """Choose the thresholds on validation, then measure validation and test.
 
@@ -290,10 +282,7 @@ def score_candidate(
         frame: val and test slices with image_id, patient, label, split, p and y (1 =
             positive class).
         members: backbones the candidate averages; (name,) when omitted.
-        n_bootstrap: resamples per interval.
-        confidence: coverage of the intervals.
-        calibration_bins: equal-width bins of the ECE and the reliability curve.
-        seed: seed of the patient bootstrap.
+        options: resamples, coverage, calibration bins and seed of the intervals.
 
     Returns:
         The CandidateResult.
@@ -309,14 +298,7 @@ def score_candidate(
     for level in LEVELS:
         val = _level_rows(frame, "val", level)
         thresholds[level] = youden_threshold(val["y"], val["p"], FALLBACK_THRESHOLD)
-    metrics, reliability = measure(
-        frame,
-        thresholds,
-        n_bootstrap=n_bootstrap,
-        confidence=confidence,
-        calibration_bins=calibration_bins,
-        seed=seed,
-    )
+    metrics, reliability = measure(frame, thresholds, options)
     return CandidateResult(
         name=name,
         members=tuple(members) if members else (name,),
@@ -340,12 +322,9 @@ def score_candidates(
     classes: Sequence[str],
     positive_class: str,
     *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
+    options: BootstrapOptions = DEFAULT_BOOTSTRAP,
     select_metric: str = "patient_auc",
     ensemble_top_k: int = 3,
-    calibration_bins: int = 10,
-    seed: int = 0,
 ) -> EvaluationResults:
     """Evaluate every backbone and the ensemble; select on validation; compare on test.
 
@@ -353,13 +332,11 @@ def score_candidates(
         predictions: backbone -> frame with PREDICTION_COLUMNS (train rows are ignored).
         classes: the two class names (params `classes`).
         positive_class: the class whose probability is `p`.
-        n_bootstrap: resamples per interval and per comparison.
-        confidence: coverage of the intervals.
+        options: resamples, coverage, calibration bins and seed, shared by all candidates
+            and comparisons (`BootstrapOptions.from_config`).
         select_metric: `<level>_<metric>` ranking candidates on validation.
         ensemble_top_k: number of best backbones averaged into `ensemble`; below 2, or
             with fewer than 2 backbones, there is no ensemble.
-        calibration_bins: equal-width bins of the ECE and the reliability curves.
-        seed: seed of the patient bootstrap, shared by all candidates.
 
     Returns:
         The EvaluationResults.
@@ -376,18 +353,14 @@ def score_candidates(
         raise ValueError(f"{ENSEMBLE!r} is reserved for the ensemble; rename that backbone")
     frames = {name: _prepared(name, frame, class_pair) for name, frame in predictions.items()}
     _check_same_rows(frames)
-    options = {
-        "n_bootstrap": n_bootstrap,
-        "confidence": confidence,
-        "calibration_bins": calibration_bins,
-        "seed": seed,
+    candidates = {
+        name: score_candidate(name, frame, options=options) for name, frame in frames.items()
     }
-    candidates = {name: score_candidate(name, frame, **options) for name, frame in frames.items()}
     members: tuple[str, ...] = ()
     if ensemble_top_k >= 2 and len(frames) >= 2:
         members = tuple(rank_candidates(candidates, select_metric)[:ensemble_top_k])
         candidates[ENSEMBLE] = score_candidate(
-            ENSEMBLE, ensemble_predictions(frames, members), members=members, **options
+            ENSEMBLE, ensemble_predictions(frames, members), members=members, options=options
         )
     ranking = tuple(rank_candidates(candidates, select_metric))
     return EvaluationResults(
@@ -397,9 +370,6 @@ def score_candidates(
         selected=ranking[0],
         ranking=ranking,
         ensemble_members=members,
-        comparisons=compare_candidates(
-            candidates, ranking, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
-        ),
-        n_bootstrap=n_bootstrap,
-        confidence=confidence,
+        comparisons=compare_candidates(candidates, ranking, options),
+        options=options,
     )

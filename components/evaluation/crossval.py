@@ -30,6 +30,7 @@ from components.evaluation.candidates import (
     measure,
     threshold_column,
 )
+from components.evaluation.metrics import DEFAULT_BOOTSTRAP, BootstrapOptions
 from components.evaluation.selection import compare_candidates, rank_candidates
 from components.metric_names import LEVELS
 from components.training.folds import fold_label
@@ -57,18 +58,13 @@ def _pooled_frame(per_fold: Sequence[CandidateResult]) -> pd.DataFrame:
 
 
 def pool_candidate(
-    per_fold: Sequence[CandidateResult],
-    *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    calibration_bins: int = 10,
-    seed: int = 0,
+    per_fold: Sequence[CandidateResult], options: BootstrapOptions = DEFAULT_BOOTSTRAP
 ) -> CandidateResult:
     """One candidate's out-of-fold result over all folds (see the module docstring).
 
     Args:
         per_fold: the candidate's result in each fold, in fold order.
-        n_bootstrap, confidence, calibration_bins, seed: as in `candidates.score_candidates`.
+        options: as in `candidates.score_candidates`.
 
     Returns:
         A CandidateResult whose members are the fold models (`fold-<f>/<backbone>`), whose
@@ -82,14 +78,7 @@ def pool_candidate(
     thresholds = {
         level: float(np.median([c.thresholds[level] for c in per_fold])) for level in LEVELS
     }
-    metrics, reliability = measure(
-        frame,
-        thresholds,
-        n_bootstrap=n_bootstrap,
-        confidence=confidence,
-        calibration_bins=calibration_bins,
-        seed=seed,
-    )
+    metrics, reliability = measure(frame, thresholds, options)
     return CandidateResult(
         name=per_fold[0].name,
         members=tuple(
@@ -106,18 +95,13 @@ def pool_candidate(
 
 
 def cross_validate(
-    folds: Sequence[EvaluationResults],
-    *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    calibration_bins: int = 10,
-    seed: int = 0,
+    folds: Sequence[EvaluationResults], options: BootstrapOptions = DEFAULT_BOOTSTRAP
 ) -> EvaluationResults:
     """Pool the folds' evaluations (each made by `candidates.score_candidates` on one fold).
 
     Args:
         folds: one EvaluationResults per fold, in fold order.
-        n_bootstrap, confidence, calibration_bins, seed: as in `candidates.score_candidates`.
+        options: as in `candidates.score_candidates`.
 
     Returns:
         EvaluationResults over every patient: candidates as in the folds (those present in
@@ -133,14 +117,8 @@ def cross_validate(
     if any(f.select_metric != first.select_metric for f in folds):
         raise ValueError("the folds were evaluated with different select metrics")
     names = [n for n in first.candidates if all(n in f.candidates for f in folds)]
-    options = {
-        "n_bootstrap": n_bootstrap,
-        "confidence": confidence,
-        "calibration_bins": calibration_bins,
-        "seed": seed,
-    }
     candidates = {
-        name: pool_candidate([f.candidates[name] for f in folds], **options) for name in names
+        name: pool_candidate([f.candidates[name] for f in folds], options) for name in names
     }
     ranking = tuple(rank_candidates(candidates, first.select_metric))
     return EvaluationResults(
@@ -150,11 +128,8 @@ def cross_validate(
         selected=ranking[0],
         ranking=ranking,
         ensemble_members=candidates[ENSEMBLE].members if ENSEMBLE in candidates else (),
-        comparisons=compare_candidates(
-            candidates, ranking, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed
-        ),
-        n_bootstrap=n_bootstrap,
-        confidence=confidence,
+        comparisons=compare_candidates(candidates, ranking, options),
+        options=options,
         fold_results=tuple(folds),
     )
 

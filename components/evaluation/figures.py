@@ -123,7 +123,7 @@ def roc_figure(results: EvaluationResults, split: str = "test", level: str = "pa
     )
     ax.set_aspect("equal")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8, title=f"AUC ({ci_label(results.confidence)})")
+    ax.legend(loc="lower right", fontsize=8, title=f"AUC ({ci_label(results.options.confidence)})")
     return fig
 
 
@@ -262,7 +262,7 @@ def reliability_diagram(
         title=f"Reliability, {SPLIT_LABELS[split]} set, {level} level",
     )
     top.grid(alpha=0.3)
-    top.legend(fontsize=8, loc="upper left", title=f"ECE ({ci_label(results.confidence)})")
+    top.legend(fontsize=8, loc="upper left", title=f"ECE ({ci_label(results.options.confidence)})")
     bottom.set(xlabel=f"Mean predicted probability of {results.classes[0]}", ylabel=f"{level}s")
     bottom.grid(alpha=0.3)
     return fig

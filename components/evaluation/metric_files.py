@@ -17,6 +17,7 @@ from components.artifacts import COMPARISONS_FILE, EVALUATION_METRICS_FILE
 from components.evaluation.candidates import SPLITS, CandidateResult, EvaluationResults
 from components.evaluation.crossval import fold_spread
 from components.evaluation.metrics import Estimate, roc_curve
+from components.machine import machine_description, machine_record
 from components.metric_names import LEVELS, parse_metric_name
 
 if TYPE_CHECKING:
@@ -73,8 +74,8 @@ def to_metrics_json(results: EvaluationResults) -> dict:
             **_estimate_json(chosen),
         },
         "bootstrap": {
-            "n": results.n_bootstrap,
-            "confidence": results.confidence,
+            "n": results.options.n_bootstrap,
+            "confidence": results.options.confidence,
             "unit": "patient",
         },
     }
@@ -196,6 +197,9 @@ def calibration_plot_data(
 def write_outputs(results: EvaluationResults, reports_dir: str | Path) -> dict[str, Path]:
     """Write what DVC tracks: metrics.json, comparisons.csv and the plot data.
 
+    metrics.json is `to_metrics_json` with `machine`: the CPU, its float-relevant instruction
+    sets and the library versions the numbers were computed with (`components.machine`).
+
     The plot data (test set, patient level; calibration at slice level) go one file per
     candidate under plots/roc/, plots/confusion/ and plots/calibration/, so `dvc plots show`
     draws one series per candidate.
@@ -210,7 +214,8 @@ def write_outputs(results: EvaluationResults, reports_dir: str | Path) -> dict[s
     out = Path(reports_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / EVALUATION_METRICS_FILE, "comparisons": out / COMPARISONS_FILE}
-    paths["metrics"].write_text(json.dumps(to_metrics_json(results), indent=2, allow_nan=False))
+    content = {**to_metrics_json(results), "machine": machine_record(machine_description())}
+    paths["metrics"].write_text(json.dumps(content, indent=2, allow_nan=False))
     comparisons_table(results).to_csv(paths["comparisons"], index=False)
     plot_data = {
         "roc": roc_plot_data(results, "test", "patient"),

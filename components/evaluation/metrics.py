@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from components.config import EvaluationConfig
 from components.evaluation.weighted_stats import (
     Patients,
     all_stats,
@@ -44,6 +45,40 @@ from components.evaluation.weighted_stats import (
 from components.metric_names import ALL_METRICS, THRESHOLD_METRICS
 
 ArrayLike = npt.ArrayLike
+_DEFAULTS = EvaluationConfig()
+
+
+@dataclass(frozen=True)
+class BootstrapOptions:
+    """How every interval, calibration curve and comparison of an evaluation is computed.
+
+    Built once from params `evaluation` (`from_config`) and passed down whole; the defaults
+    are the configuration's.
+
+    Attributes:
+        n_bootstrap: patient resamples per interval and per comparison.
+        confidence: coverage of the intervals, e.g. 0.95.
+        calibration_bins: equal-width bins of the ECE and the reliability curves.
+        seed: seeds the resampling; the same patients and seed give the same resamples.
+    """
+
+    n_bootstrap: int = _DEFAULTS.n_bootstrap
+    confidence: float = _DEFAULTS.confidence
+    calibration_bins: int = _DEFAULTS.calibration_bins
+    seed: int = _DEFAULTS.seed
+
+    @classmethod
+    def from_config(cls, evaluation: EvaluationConfig) -> BootstrapOptions:
+        """The options of params `evaluation`."""
+        return cls(
+            n_bootstrap=evaluation.n_bootstrap,
+            confidence=evaluation.confidence,
+            calibration_bins=evaluation.calibration_bins,
+            seed=evaluation.seed,
+        )
+
+
+DEFAULT_BOOTSTRAP = BootstrapOptions()
 
 
 @dataclass(frozen=True)
@@ -341,10 +376,7 @@ def bootstrap_metrics(
     patients: ArrayLike,
     threshold: float | np.ndarray,
     *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    n_bins: int = 10,
-    seed: int = 0,
+    options: BootstrapOptions = DEFAULT_BOOTSTRAP,
     stratify: bool = True,
 ) -> dict[str, Estimate]:
     """Every metric with a percentile interval from a patient bootstrap.
@@ -358,10 +390,7 @@ def bootstrap_metrics(
         patients: patient id of each row; the unit that is resampled.
         threshold: decision threshold for the threshold metrics, or one per row (pooled
             cross-validation folds, each at the threshold its fold chose).
-        n_bootstrap: number of resamples.
-        confidence: coverage of the interval, e.g. 0.95.
-        n_bins: calibration bins for the ECE.
-        seed: seeds the resampling; the same patients and seed give the same resamples.
+        options: resamples, coverage, calibration bins (of the ECE) and seed.
         stratify: resample patients within each class.
 
     Returns:
@@ -377,11 +406,12 @@ def bootstrap_metrics(
     cut = np.asarray(threshold, dtype=float)
     if cut.ndim and cut.shape != y_arr.shape:
         raise ValueError(f"{cut.size} thresholds for {y_arr.size} rows; give one, or one per row")
-    counts = resample_patients(pts.labels, n_bootstrap, seed, stratify)
+    counts = resample_patients(pts.labels, options.n_bootstrap, options.seed, stratify)
+    n_bins = options.calibration_bins
     point = all_stats(y_arr, p_arr, cut, pts, np.ones((1, pts.n)), n_bins)[0]
     samples = all_stats(y_arr, p_arr, cut, pts, counts, n_bins)
     return {
-        name: Estimate(float(point[i]), *percentile_interval(samples[:, i], confidence))
+        name: Estimate(float(point[i]), *percentile_interval(samples[:, i], options.confidence))
         for i, name in enumerate(ALL_METRICS)
     }
 
@@ -392,9 +422,7 @@ def compare_auc(
     p_second: ArrayLike,
     patients: ArrayLike,
     *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
+    options: BootstrapOptions = DEFAULT_BOOTSTRAP,
     stratify: bool = True,
 ) -> AucComparison:
     """Paired patient bootstrap of the AUC difference of two models on the same rows.
@@ -410,9 +438,7 @@ def compare_auc(
         p_first: probabilities of the first model.
         p_second: probabilities of the second model, for the same rows.
         patients: patient id of each row.
-        n_bootstrap: number of resamples.
-        confidence: coverage of the interval of the difference.
-        seed: seeds the resampling.
+        options: resamples, coverage of the interval of the difference, and seed.
         stratify: resample patients within each class.
 
     Returns:
@@ -426,12 +452,12 @@ def compare_auc(
     p_a = probabilities(p_first, len(y_arr))
     p_b = probabilities(p_second, len(y_arr))
     pts = group_by_patient(y_arr, patients)
-    counts = resample_patients(pts.labels, n_bootstrap, seed, stratify)
+    counts = resample_patients(pts.labels, options.n_bootstrap, options.seed, stratify)
     ones = np.ones((1, pts.n))
     point = float(auc(y_arr, p_a, pts, ones)[0] - auc(y_arr, p_b, pts, ones)[0])
     diffs = auc(y_arr, p_a, pts, counts) - auc(y_arr, p_b, pts, counts)
     diffs = diffs[np.isfinite(diffs)]
-    low, high = percentile_interval(diffs, confidence)
+    low, high = percentile_interval(diffs, options.confidence)
     if diffs.size == 0:
         return AucComparison(Estimate(point, low, high), float("nan"))
     below = (np.sum(diffs <= 0) + 1) / (diffs.size + 1)

@@ -26,6 +26,7 @@ from components.evaluation.candidates import (
 )
 from components.evaluation.crossval import cross_validate
 from components.evaluation.figures import save_png
+from components.evaluation.metrics import BootstrapOptions
 from components.evaluation.report_content import (
     DataSummary,
     LeakageComparison,
@@ -40,17 +41,13 @@ if TYPE_CHECKING:
 
 
 def _score(cfg: Config, predictions: Mapping[str, pd.DataFrame], top_k: int) -> EvaluationResults:
-    e = cfg.evaluation
     return score_candidates(
         predictions,
         cfg.classes,
         cfg.positive_class,
-        n_bootstrap=e.n_bootstrap,
-        confidence=e.confidence,
-        select_metric=e.select_metric,
+        options=BootstrapOptions.from_config(cfg.evaluation),
+        select_metric=cfg.evaluation.select_metric,
         ensemble_top_k=top_k,
-        calibration_bins=e.calibration_bins,
-        seed=e.seed,
     )
 
 
@@ -59,13 +56,9 @@ def score_study(cfg: Config, backbones: list[str]) -> EvaluationResults:
     cross-validation, in every fold, then pooled out of fold (`crossval.cross_validate`)."""
     folds = existing_folds(cfg)
     if folds:
-        e = cfg.evaluation
         return cross_validate(
             [score_study(fold.cfg, backbones) for fold in folds],
-            n_bootstrap=e.n_bootstrap,
-            confidence=e.confidence,
-            calibration_bins=e.calibration_bins,
-            seed=e.seed,
+            BootstrapOptions.from_config(cfg.evaluation),
         )
     models = cfg.path(cfg.training.models_out)
     predictions = load_predictions(models, backbones, cfg.positive_class)

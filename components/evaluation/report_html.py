@@ -212,7 +212,7 @@ def _comparisons(r: EvaluationResults) -> dict[str, object] | None:
     table = comparisons_table(r)
     if table.empty:
         return None
-    alpha = 1 - r.confidence
+    alpha = 1 - r.options.confidence
     return {
         "rows": [
             [
@@ -354,9 +354,9 @@ def study_page(inputs: StudyInputs, figures: Mapping[str, str | Path]) -> str:
             title=inputs.title,
             run_info=list(inputs.run_info.items()),
             citation=PAPER_CITATION,
-            ci=ci_label(r.confidence),
+            ci=ci_label(r.options.confidence),
             positive=r.classes[0],
-            n_bootstrap=r.n_bootstrap,
+            n_bootstrap=r.options.n_bootstrap,
             select_label=f"{level}-level {METRIC_LABELS[metric]}",
             data=_data(inputs.data, inputs.validation_page),
             overview=_overview(r),

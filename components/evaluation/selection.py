@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from components.evaluation.metrics import Estimate, compare_auc
+from components.evaluation.metrics import DEFAULT_BOOTSTRAP, BootstrapOptions, Estimate, compare_auc
 from components.metric_names import LEVELS, LOWER_IS_BETTER, parse_metric_name
 
 if TYPE_CHECKING:
@@ -68,19 +68,14 @@ def rank_candidates(results: Mapping[str, CandidateResult], select_metric: str) 
 def compare_candidates(
     results: Mapping[str, CandidateResult],
     order: Sequence[str] | None = None,
-    *,
-    n_bootstrap: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
+    options: BootstrapOptions = DEFAULT_BOOTSTRAP,
 ) -> tuple[Comparison, ...]:
     """Paired patient bootstrap of the test patient-level AUC difference for every pair.
 
     Args:
         results: name -> CandidateResult, all on the same test patients.
         order: names in the order pairs are formed (first minus second); default sorted.
-        n_bootstrap: resamples per comparison.
-        confidence: coverage of the interval of the difference.
-        seed: seed of the patient bootstrap.
+        options: resamples, coverage of the interval of the difference, and seed.
 
     Returns:
         One Comparison per unordered pair.
@@ -100,9 +95,7 @@ def compare_candidates(
             a["p"].to_numpy(),
             b["p"].to_numpy(),
             a["patient"].to_numpy(),
-            n_bootstrap=n_bootstrap,
-            confidence=confidence,
-            seed=seed,
+            options=options,
         )
         comparisons.append(Comparison(first, second, outcome.difference, outcome.p_value))
     return tuple(comparisons)

@@ -11,7 +11,6 @@ never a UID or an identifier of the patient) and what to do; the others are stil
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 
+from components.atomic import atomic_path
 from components.data.rejects import DicomRejected
 from components.pacs.answers import ModelIdentity, SeriesAnswer, answer_series
 from components.pacs.source import PASSWORD_ENV, USER_ENV, DicomWebSource, parse_source
@@ -133,12 +133,8 @@ def write_folder(answers: Sequence[SeriesAnswer], target: FolderTarget) -> list[
 
 def _write(ds: Dataset, final: Path) -> None:
     """Write `ds` under a temporary name, then rename it: no half file is ever `final`."""
-    partial = final.with_name(final.name + ".partial")
-    try:
+    with atomic_path(final, ".partial") as partial:
         ds.save_as(partial, enforce_file_format=True)
-        os.replace(partial, final)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def _stow_failure(answer: SeriesAnswer, target: StowTarget, exc: Exception) -> str:

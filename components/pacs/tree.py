@@ -11,12 +11,12 @@ count of its files equals what the PACS reported.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+
+from components.atomic import atomic_path
 
 PARTIAL_SUFFIX = ".partial"
 STATE_COLUMNS = ("patient", "label", "series", "expected", "received")
@@ -64,19 +64,9 @@ class PulledTree:
 
     def write(self, label: str, patient: str, series: str, name: str, ds: Dataset) -> Path:
         """Write `ds` whole under its final name (temporary file, fsync, rename)."""
-        folder = self.series_folder(label, patient, series)
-        folder.mkdir(parents=True, exist_ok=True)
-        final = folder / name
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=PARTIAL_SUFFIX)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                ds.save_as(f, enforce_file_format=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        final = self.series_folder(label, patient, series) / name
+        with atomic_path(final, PARTIAL_SUFFIX) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
         return final
 
     def read_state(self) -> dict[str, SeriesState]:
@@ -109,10 +99,7 @@ class PulledTree:
 
 def write_rows(path: Path, columns: tuple[str, ...], rows: list[dict[str, object]]) -> None:
     """Write a CSV under a temporary name, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path, PARTIAL_SUFFIX) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)

@@ -90,7 +90,8 @@ def model_card(
         for m in members
     )
     thresholds = ", ".join(f"{level} {chosen.thresholds[level]:.3f}" for level in LEVELS)
-    ci = f"{results.confidence:.0%} CI, {results.n_bootstrap} patient-bootstrap resamples"
+    options = results.options
+    ci = f"{options.confidence:.0%} CI, {options.n_bootstrap} patient-bootstrap resamples"
     folds = len(results.fold_results)
     if folds:
         thresholds += f" (the median of the {folds} folds' own)"

@@ -309,15 +309,8 @@ def register_selected(
     logged = log_candidate(
         store,
         parent_run_id,
-        chosen.name,
-        chosen.members,
-        cfg.path(cfg.training.models_out),
-        cfg.input.channel_windows(),
-        cfg.classes,
-        cfg.positive_class,
-        chosen.thresholds,
-        root=cfg.root,
-        crop=cfg.input.crop,
+        chosen,
+        cfg,
         data_version=data_version(*data_paths(cfg)) if results.fold_results else None,
     )
     test = chosen.metrics["test"]

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import mlflow
 import pandas as pd
@@ -32,7 +32,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
 from components.artifacts import METRICS_FILE, MODEL_FILE
-from components.config import Window
+from components.config import Config
 from components.data.rejects import DicomRejected, RejectReason
 from components.registered_models import download_model
 from components.registry.serving import MemberSpec, Predictor, ServingSpec, Source
@@ -326,18 +326,31 @@ def _member_metrics(models_dir: Path, backbone: str) -> dict[str, Any]:
     return json.loads((folder / METRICS_FILE).read_text())
 
 
+class Candidate(Protocol):
+    """What `log_candidate` needs of an evaluated candidate (`CandidateResult` has it).
+
+    Attributes:
+        name: a backbone or `ensemble`.
+        members: its models: backbones, or with cross-validation fold models
+            `fold-<f>/<backbone>`.
+        thresholds: level -> threshold chosen on validation.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def members(self) -> Sequence[str]: ...
+
+    @property
+    def thresholds(self) -> Mapping[str, float]: ...
+
+
 def log_candidate(
     store: Store,
     parent_run_id: str,
-    candidate: str,
-    members: Sequence[str],
-    models_dir: Path,
-    windows: Sequence[Window],
-    classes: Sequence[str],
-    positive_class: str,
-    thresholds: Mapping[str, float],
-    root: Path | None = None,
-    crop: float = 1.0,
+    candidate: Candidate,
+    cfg: Config,
     data_version: str | None = None,
 ) -> LoggedCandidate:
     """Log a candidate as the pyfunc in its run of the study (`tracking.candidate_run`).
@@ -348,16 +361,11 @@ def log_candidate(
     Args:
         store: the MLflow store.
         parent_run_id: the study's run; the registration run is its child.
-        candidate: the evaluated candidate (a backbone or `ensemble`).
-        members: its models (EvaluationResults.candidates[name].members): backbones, or
-            with cross-validation fold models `fold-<f>/<backbone>`.
-        models_dir: the training output folder, `<models_dir>/<backbone>/model.keras`.
-        windows: the channel windows (InputConfig.channel_windows()).
-        classes: params `classes`, the order of the softmax outputs.
-        positive_class: params `positive_class`.
-        thresholds: level -> threshold chosen on validation (CandidateResult.thresholds).
-        root: project root, for the git commit tag.
-        crop: the centre crop of the inputs (InputConfig.crop).
+        candidate: the evaluated candidate, its models and thresholds.
+        cfg: the params its models were trained with: the models under
+            `training.models_out/<member>/model.keras`, the input's channel windows and
+            crop, `classes` (the order of the softmax outputs), `positive_class`, and the
+            project root (for the git commit tag).
         data_version: with cross-validation, the version of the whole split (the fold
             models each trained on their fold's); the members must then be fold models.
 
@@ -369,7 +377,9 @@ def log_candidate(
         ValueError: the members were trained on different data, or the models do not fit
             the spec.
     """
-    models_dir = Path(models_dir)
+    members = tuple(candidate.members)
+    models_dir = cfg.path(cfg.training.models_out)
+    windows, crop = tuple(cfg.input.channel_windows()), cfg.input.crop
     info = {b: _member_metrics(models_dir, b) for b in members}
     versions = {m["data_version"] for m in info.values()}
     if data_version is not None:
@@ -382,34 +392,37 @@ def log_candidate(
             "retrain them on the same split"
         )
     spec = ServingSpec(
-        candidate=candidate,
+        candidate=candidate.name,
         members=tuple(
-            MemberSpec(b, int(info[b]["image_size"]), tuple(windows), crop) for b in members
+            MemberSpec(
+                backbone=b, image_size=int(info[b]["image_size"]), windows=windows, crop=crop
+            )
+            for b in members
         ),
-        classes=tuple(classes),
-        positive_class=positive_class,
-        thresholds={k: float(v) for k, v in thresholds.items()},
+        classes=tuple(cfg.classes),
+        positive_class=cfg.positive_class,
+        thresholds={k: float(v) for k, v in candidate.thresholds.items()},
         keras_backend=",".join(sorted({str(info[b].get("keras_backend", "")) for b in members})),
     )
     model_files = {b: models_dir / b / MODEL_FILE for b in members}
     Predictor.load(spec, list(model_files.values()))
     tags = {
-        CANDIDATE_TAG: candidate,
+        CANDIDATE_TAG: candidate.name,
         BACKBONES_TAG: ",".join(members),
         DATA_VERSION_TAG: versions.pop(),
         WEIGHTS_TAG: ",".join(str(info[b].get("weights")) for b in members),
-        GIT_COMMIT_TAG: (git_commit(root) if root is not None else None) or "none",
+        GIT_COMMIT_TAG: git_commit(cfg.root) or "none",
         BACKEND_TAG: spec.keras_backend,
         **{f"threshold.{k}": f"{v:.6g}" for k, v in spec.thresholds.items()},
     }
     connect(store)
     run_id = candidate_run(
-        store, parent_run_id, candidate, members, cross_validated=data_version is not None
+        store, parent_run_id, candidate.name, members, cross_validated=data_version is not None
     )
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id) as run:
         mlflow.set_tags(tags)
         spec_file = Path(tmp) / SPEC_FILE
-        spec_file.write_text(spec.to_json())
+        spec_file.write_text(spec.model_dump_json(indent=2))
         logged = mlflow.pyfunc.log_model(
             name=MODEL_ARTIFACT,
             python_model=MyelometModel(),

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from components.artifacts import probability_column
 from components.config import Window
@@ -45,21 +44,30 @@ SPEC_FORMAT = 1
 Source = str | os.PathLike[str] | bytes | bytearray | memoryview | DicomRejected
 
 
-@dataclass(frozen=True)
-class MemberSpec:
+class MemberSpec(BaseModel):
     """One model of a candidate: its backbone, input side, channel windows and centre crop."""
+
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
 
     backbone: str
     image_size: int
     windows: tuple[Window, ...]
     crop: float = 1.0
 
+    @field_validator("windows")
+    @classmethod
+    def _three_channels(cls, windows: tuple[Window, ...]) -> tuple[Window, ...]:
+        if len(windows) != 3:
+            raise ValueError(f"expected 3 channel windows, got {len(windows)}")
+        return windows
 
-@dataclass(frozen=True)
-class ServingSpec:
-    """Everything a Predictor needs besides the model files.
+
+class ServingSpec(BaseModel):
+    """Everything a Predictor needs besides the model files; stored as its JSON
+    (`model_dump_json`, read back by `from_json`) in the registered model.
 
     Attributes:
+        format: SPEC_FORMAT; a spec of another format is refused.
         candidate: the evaluated candidate, a backbone name or `ensemble`.
         members: the models whose positive-class probabilities are averaged.
         classes: class names in the order of the softmax outputs (params `classes`).
@@ -70,14 +78,28 @@ class ServingSpec:
             predict on any backend); empty when not recorded.
     """
 
+    model_config = ConfigDict(frozen=True, allow_inf_nan=False)
+
+    format: int = SPEC_FORMAT
     candidate: str
     members: tuple[MemberSpec, ...]
     classes: tuple[str, ...]
     positive_class: str
-    thresholds: Mapping[str, float]
+    thresholds: dict[str, float]
     keras_backend: str = ""
 
-    def __post_init__(self) -> None:
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if value != SPEC_FORMAT:
+            raise ValueError(
+                f"serving spec format {value!r}; this code reads format {SPEC_FORMAT}: log "
+                "the model again with this version of myelomet"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServingSpec:
         if not self.members:
             raise ValueError(f"candidate {self.candidate!r} has no member models")
         if len(self.classes) != 2 or self.positive_class not in self.classes:
@@ -90,9 +112,7 @@ class ServingSpec:
                 f"thresholds {dict(self.thresholds)} lack the 'slice' threshold; pass the "
                 "candidate's thresholds from evaluation"
             )
-        for member in self.members:
-            if len(member.windows) != 3:
-                raise ValueError(f"{member.backbone}: expected 3 channel windows")
+        return self
 
     @property
     def threshold(self) -> float:
@@ -108,61 +128,20 @@ class ServingSpec:
     def negative_class(self) -> str:
         return next(c for c in self.classes if c != self.positive_class)
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "format": SPEC_FORMAT,
-                "candidate": self.candidate,
-                "members": [
-                    {
-                        "backbone": m.backbone,
-                        "image_size": m.image_size,
-                        "windows": [w.model_dump() for w in m.windows],
-                        "crop": m.crop,
-                    }
-                    for m in self.members
-                ],
-                "classes": list(self.classes),
-                "positive_class": self.positive_class,
-                "thresholds": {k: float(v) for k, v in self.thresholds.items()},
-                "keras_backend": self.keras_backend,
-            },
-            indent=2,
-        )
-
     @classmethod
-    def from_json(cls, text: str) -> ServingSpec:
-        """Parse `to_json` output.
+    def from_json(cls, text: str | bytes) -> ServingSpec:
+        """Read a spec written by `model_dump_json`.
 
         Raises:
             ValueError: the text is not a serving spec of a format this code reads.
         """
         try:
-            raw = json.loads(text)
-            if raw["format"] != SPEC_FORMAT:
-                raise ValueError(
-                    f"serving spec format {raw['format']!r}; this code reads format "
-                    f"{SPEC_FORMAT}: log the model again with this version of myelomet"
-                )
-            members = tuple(
-                MemberSpec(
-                    m["backbone"],
-                    int(m["image_size"]),
-                    tuple(Window(**w) for w in m["windows"]),
-                    float(m.get("crop", 1.0)),
-                )
-                for m in raw["members"]
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in exc.errors()
             )
-            return cls(
-                candidate=raw["candidate"],
-                members=members,
-                classes=tuple(raw["classes"]),
-                positive_class=raw["positive_class"],
-                thresholds={k: float(v) for k, v in raw["thresholds"].items()},
-                keras_backend=str(raw.get("keras_backend", "")),
-            )
-        except (KeyError, TypeError, json.JSONDecodeError) as exc:
-            raise ValueError(f"not a serving spec ({type(exc).__name__}: {exc})") from None
+            raise ValueError(f"not a serving spec ({problems})") from None
 
 
 class Predictor:

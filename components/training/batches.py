@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from components.artifacts import MANIFEST_FILE
+from components.atomic import atomic_path
 
 if TYPE_CHECKING:
     from components.config import Config
@@ -125,14 +125,16 @@ def load_inputs(cfg: Config, size: int) -> TrainingData:
         if x.shape != (n, size, size, 3):
             x = None
     if x is None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, size, size, 3))
-        for i, file in enumerate(tqdm(table["file"], desc=f"model inputs {size}px", disable=None)):
-            out[i] = model_input(np.load(manifest.parent / file), windows, size, cfg.input.crop)
-        out.flush()
-        del out
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(
+                tmp, mode="w+", dtype=np.float32, shape=(n, size, size, 3)
+            )
+            for i, file in enumerate(
+                tqdm(table["file"], desc=f"model inputs {size}px", disable=None)
+            ):
+                out[i] = model_input(np.load(manifest.parent / file), windows, size, cfg.input.crop)
+            out.flush()
+            del out
         x = np.load(path, mmap_mode="r")
     y = table["label"].map({c: i for i, c in enumerate(cfg.classes)}).to_numpy(np.int32)
     return TrainingData(table[["image_id", "patient", "label", "split"]], x, y, version)

@@ -9,13 +9,12 @@ that trains or scores one split then runs unchanged on a fold.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from components import atomic
 from components.config import Config
 from components.data.split import fold_numbers, fold_view
 
@@ -57,10 +56,7 @@ def _write_if_changed(text: str, path: Path) -> None:
     hash keys the fold's trained models: an unchanged fold must keep its models)."""
     if path.is_file() and path.read_text() == text:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    atomic.write_text(path, text)
 
 
 def _fold_texts(cfg: Config) -> dict[int, str]:

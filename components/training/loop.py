@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from components import atomic
 
 if TYPE_CHECKING:
     import keras
@@ -169,9 +170,7 @@ class RunState:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def save(self, folder: Path) -> None:
-        tmp = folder / "state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, folder / "state.json")
+        atomic.write_text(folder / "state.json", json.dumps(asdict(self), indent=1))
 
     @classmethod
     def load(cls, folder: Path, inputs_hash: str) -> RunState | None:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from components.atomic import atomic_path
 from components.config import Config
 from components.training.batches import Augment, Batches, TrainingData, hash_json, input_key
 from components.training.loop import (
@@ -66,10 +66,8 @@ def _features(
             return features, "hit"
     log.info("%s: computing backbone features of %d images (once)", plan.name, len(data.y))
     features = predict(feature_extractor(model), data.x)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, features)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, features)
     return features, "miss"
 
 

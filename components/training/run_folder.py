@@ -6,7 +6,6 @@ run with the same inputs skips to.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
+from components import atomic
 from components.artifacts import (
     CURVES_FILE,
     HISTORY_FILE,
@@ -25,6 +25,7 @@ from components.artifacts import (
     probability_column,
 )
 from components.config import Config
+from components.machine import machine_description, machine_record
 from components.training.batches import TrainingData
 from components.training.loop import RunState, scores
 
@@ -100,9 +101,7 @@ def run_result(
 
 def write_json(path: Path, value: Any) -> None:
     """Write value as indented JSON, atomically (a temporary file, then a rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(value, indent=2, default=str))
 
 
 def _curves(history: pd.DataFrame, name: str, best_epoch: int, path: Path) -> Figure:
@@ -177,6 +176,7 @@ def write_outputs(
         ),
         "timings": timings,
         **state.extra,
+        "machine": machine_record(machine_description()),
     }
     write_json(out_dir / METRICS_FILE, metrics)
     write_json(out_dir / RESULT_FILE, asdict(result))

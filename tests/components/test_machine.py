@@ -11,6 +11,7 @@ from components.machine import (
     cpu_description,
     library_versions,
     machine_description,
+    machine_record,
     machine_tags,
 )
 
@@ -55,3 +56,15 @@ def test_the_description_is_json_and_names_the_pins(monkeypatch):
     assert tags["machine.pin.TF_ENABLE_ONEDNN_OPTS"] == "0"
     assert tags["machine.numpy"] == np.__version__
     assert tags["machine.cpu"] == description["cpu"]
+
+
+def test_the_metrics_file_record_has_no_lists_for_dvc_to_drop():
+    description = machine_description()
+    record = machine_record(description)
+    assert record["cpu_flags"] == (" ".join(description["cpu_flags"]) or "none")
+    assert record["libraries"] == description["libraries"]
+
+    def values(node):
+        return [v for x in node.values() for v in values(x)] if isinstance(node, dict) else [node]
+
+    assert all(isinstance(v, (str, int, float)) for v in values(record)), record

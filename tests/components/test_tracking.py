@@ -1,4 +1,6 @@
+import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,10 +13,12 @@ from mlflow.tracking import MlflowClient
 
 from components import tracking
 from components.config import TrackingConfig
+from components.machine import machine_description
 from components.training.runtime import framework_requirements
 from tests.tool_env import project_env
 
 ROOT = Path(__file__).resolve().parents[2]
+TEXT = {"capture_output": True, "text": True, "check": True, "timeout": 60}
 
 
 @pytest.fixture
@@ -87,6 +91,13 @@ def test_study_with_a_backbone_child_run(store, tmp_path):
     assert "val_auc" not in child.data.metrics  # NaN is not logged
     assert client.get_run(parent).info.status == "RUNNING"
     assert client.get_run(parent).data.params["training.epochs"] == "2"
+    machine = machine_description()
+    for run_id in (parent, run.run_id):  # the numbers depend on the machine: both name it
+        tags = client.get_run(run_id).data.tags
+        assert tags["machine.cpu"] == machine["cpu"]
+        assert tags["machine.numpy"] == machine["libraries"]["numpy"] == np.__version__
+        assert tags["machine.tensorflow"] == machine["libraries"]["tensorflow"]
+        assert tags["machine.cpu_flags"] == (" ".join(machine["cpu_flags"]) or "none")
     experiment = client.get_experiment(child.info.experiment_id)
     assert experiment.artifact_location == store.artifact_location
     tracking.tag_run(store, parent, {"failed_backbones": ""})
@@ -139,6 +150,18 @@ def test_a_study_whose_process_was_killed_is_closed_by_the_next_one(store, tmp_p
     )
     assert [c.info.status for c in child] == ["KILLED"]
     assert client.get_run(live).info.status == client.get_run(elsewhere).info.status == "RUNNING"
+
+
+def test_a_process_identity_survives_pid_reuse():
+    me = tracking.process_identity()
+    host, pid, start = me.rsplit(":", 2)
+    assert (host, int(pid)) == (socket.gethostname(), os.getpid())
+    assert not tracking._is_gone(me)
+    assert tracking._is_gone(f"{host}:{pid}:{float(start) - 60:.2f}")  # same pid, other process
+    assert not tracking._is_gone(f"{host}:{pid}:")  # no start recorded: the pid is alive
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], **TEXT)
+    assert tracking._is_gone(f"{host}:{ended.stdout.strip()}:")
+    assert not tracking._is_gone(f"other-{host}:{pid}:{start}")  # another machine: unknown
 
 
 def test_a_run_can_be_reopened_and_fails_on_error(store):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -24,9 +25,17 @@ from components.evaluation.metric_files import (
     confusion_plot_data,
     roc_plot_data,
     to_metrics_json,
+    write_outputs,
 )
-from components.evaluation.metrics import Estimate, aggregate_patients, youden_threshold
+from components.evaluation.metrics import (
+    BootstrapOptions,
+    Estimate,
+    aggregate_patients,
+    youden_threshold,
+)
+from components.machine import machine_description, machine_record
 from components.metric_names import ALL_METRICS, LEVELS, parse_metric_name
+from tests.tool_env import project_env
 
 CLASSES = ("MM", "OMBT")
 N_BOOT = 200
@@ -69,7 +78,13 @@ def _predictions(
 
 @pytest.fixture(scope="module")
 def results():
-    return score_candidates(_predictions(), CLASSES, "MM", n_bootstrap=N_BOOT, ensemble_top_k=2)
+    return score_candidates(
+        _predictions(),
+        CLASSES,
+        "MM",
+        options=BootstrapOptions(n_bootstrap=N_BOOT),
+        ensemble_top_k=2,
+    )
 
 
 def _perturb_test(predictions: dict[str, pd.DataFrame], seed: int) -> dict[str, pd.DataFrame]:
@@ -141,9 +156,15 @@ def test_thresholds_are_youden_on_validation(results):
 
 def test_test_data_never_change_thresholds_ensemble_or_selection():
     predictions = _predictions()
-    base = score_candidates(predictions, CLASSES, "MM", n_bootstrap=50, ensemble_top_k=2)
+    base = score_candidates(
+        predictions, CLASSES, "MM", options=BootstrapOptions(n_bootstrap=50), ensemble_top_k=2
+    )
     perturbed = score_candidates(
-        _perturb_test(predictions, 3), CLASSES, "MM", n_bootstrap=50, ensemble_top_k=2
+        _perturb_test(predictions, 3),
+        CLASSES,
+        "MM",
+        options=BootstrapOptions(n_bootstrap=50),
+        ensemble_top_k=2,
     )
     assert perturbed.selected == base.selected
     assert perturbed.ranking == base.ranking
@@ -176,18 +197,22 @@ def test_ensemble_predictions_reject_different_images():
     with pytest.raises(ValueError, match="different val/test slices"):
         ensemble_predictions(shorter, ["VGG16", "MobileNet"])
     with pytest.raises(ValueError, match="same split.csv"):
-        score_candidates(shorter, CLASSES, "MM", n_bootstrap=20)
+        score_candidates(shorter, CLASSES, "MM", options=BootstrapOptions(n_bootstrap=20))
 
 
 def test_no_ensemble_below_two_members():
-    results = score_candidates(_predictions(), CLASSES, "MM", n_bootstrap=20, ensemble_top_k=1)
+    results = score_candidates(
+        _predictions(), CLASSES, "MM", options=BootstrapOptions(n_bootstrap=20), ensemble_top_k=1
+    )
     assert ENSEMBLE not in results.candidates and results.ensemble_members == ()
 
 
 def test_pairwise_comparisons_find_the_better_model_and_not_a_copy():
     predictions = _predictions(per_class=10)
     predictions["VGG16copy"] = predictions["VGG16"].copy()
-    results = score_candidates(predictions, CLASSES, "MM", n_bootstrap=N_BOOT, ensemble_top_k=0)
+    results = score_candidates(
+        predictions, CLASSES, "MM", options=BootstrapOptions(n_bootstrap=N_BOOT), ensemble_top_k=0
+    )
     table = comparisons_table(results)
     assert len(table) == 4 * 3 // 2
     assert list(table.columns) == [
@@ -207,6 +232,28 @@ def test_pairwise_comparisons_find_the_better_model_and_not_a_copy():
     copy = pairs[frozenset(("VGG16", "VGG16copy"))]
     assert copy.difference.value == 0 and copy.difference.ci_low <= 0 <= copy.difference.ci_high
     assert copy.p_value == 1.0
+
+
+def test_metrics_json_names_the_machine_the_numbers_were_computed_on(results, tmp_path):
+    written = json.loads(write_outputs(results, tmp_path)["metrics"].read_text())
+    assert written["machine"] == machine_record(machine_description())
+    assert written["machine"]["libraries"]["numpy"] == np.__version__
+    assert {k: v for k, v in written.items() if k != "machine"} == json.loads(
+        json.dumps(to_metrics_json(results))
+    )
+
+
+@pytest.mark.slow
+def test_dvc_metrics_show_lists_the_machine(results, tmp_path):
+    write_outputs(results, tmp_path)
+    run = {"cwd": tmp_path, "env": project_env(), "capture_output": True, "text": True}
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], check=True, **run)
+    shown = subprocess.run(["dvc", "metrics", "show", "--json", "metrics.json"], **run)
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)[""]["data"]["metrics.json"]["data"]
+    assert data["machine"]["cpu"] == machine_description()["cpu"]
+    assert data["machine"]["cpu_flags"] == machine_record(machine_description())["cpu_flags"]
+    assert data["selection"]["selected"] == results.selected
 
 
 def test_metrics_json_is_strict_json_of_nested_numbers(results):
@@ -261,7 +308,9 @@ def test_one_class_test_split_gives_nan_not_a_crash():
         name: frame[~((frame["split"] == "test") & (frame["label"] == "OMBT"))]
         for name, frame in _predictions().items()
     }
-    results = score_candidates(predictions, CLASSES, "MM", n_bootstrap=30, ensemble_top_k=2)
+    results = score_candidates(
+        predictions, CLASSES, "MM", options=BootstrapOptions(n_bootstrap=30), ensemble_top_k=2
+    )
     test = results.candidates["VGG16"].metrics["test"]
     assert math.isnan(test["patient"]["auc"].value) and math.isnan(
         test["slice"]["specificity"].value
@@ -277,16 +326,27 @@ def test_invalid_predictions_raise_with_advice():
     predictions = _predictions()
     with pytest.raises(ValueError, match="labels \\['mm'\\]"):
         bad = predictions["VGG16"].assign(label=lambda f: f["label"].replace("MM", "mm"))
-        score_candidates({"VGG16": bad}, CLASSES, "MM", n_bootstrap=20)
+        score_candidates({"VGG16": bad}, CLASSES, "MM", options=BootstrapOptions(n_bootstrap=20))
     with pytest.raises(ValueError, match="no 'val' rows"):
         score_candidates(
-            {"VGG16": predictions["VGG16"].query("split != 'val'")}, CLASSES, "MM", n_bootstrap=20
+            {"VGG16": predictions["VGG16"].query("split != 'val'")},
+            CLASSES,
+            "MM",
+            options=BootstrapOptions(n_bootstrap=20),
         )
     with pytest.raises(ValueError, match="reserved"):
-        score_candidates({ENSEMBLE: predictions["VGG16"]}, CLASSES, "MM", n_bootstrap=20)
+        score_candidates(
+            {ENSEMBLE: predictions["VGG16"]},
+            CLASSES,
+            "MM",
+            options=BootstrapOptions(n_bootstrap=20),
+        )
     with pytest.raises(ValueError, match="<level>_<metric>"):
         score_candidates(predictions, CLASSES, "MM", select_metric="auc")
     with pytest.raises(ValueError, match="probability"):
         score_candidates(
-            {"VGG16": predictions["VGG16"].assign(p=2.0)}, CLASSES, "MM", n_bootstrap=20
+            {"VGG16": predictions["VGG16"].assign(p=2.0)},
+            CLASSES,
+            "MM",
+            options=BootstrapOptions(n_bootstrap=20),
         )

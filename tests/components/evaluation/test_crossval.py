@@ -10,14 +10,14 @@ import pytest
 from components.evaluation.candidates import ENSEMBLE, score_candidates
 from components.evaluation.crossval import cross_validate, fold_spread, pool_candidate
 from components.evaluation.metric_files import confusion_plot_data, to_metrics_json
-from components.evaluation.metrics import aggregate_patients, bootstrap_metrics
+from components.evaluation.metrics import BootstrapOptions, aggregate_patients, bootstrap_metrics
 from components.metric_names import LEVELS
 
 CLASSES = ("MM", "OMBT")
 FOLDS = 3
 PER_CLASS = 9  # patients per class; 3 per class per fold
 STRENGTH = {"VGG16": 2.5, "MobileNet": 1.0, "Xception": 0.2}
-OPTIONS = {"n_bootstrap": 100, "confidence": 0.95, "calibration_bins": 10, "seed": 0}
+OPTIONS = BootstrapOptions(n_bootstrap=100, confidence=0.95, calibration_bins=10, seed=0)
 
 
 def _patients() -> pd.DataFrame:
@@ -58,14 +58,16 @@ def _fold_predictions(number: int, seed: int = 0) -> dict[str, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def folds():
     return [
-        score_candidates(_fold_predictions(f), CLASSES, CLASSES[0], ensemble_top_k=2, **OPTIONS)
+        score_candidates(
+            _fold_predictions(f), CLASSES, CLASSES[0], ensemble_top_k=2, options=OPTIONS
+        )
         for f in range(FOLDS)
     ]
 
 
 @pytest.fixture(scope="module")
 def pooled(folds):
-    return cross_validate(folds, **OPTIONS)
+    return cross_validate(folds, OPTIONS)
 
 
 def test_every_patient_is_tested_once_and_validated_once(pooled):
@@ -84,9 +86,7 @@ def test_each_row_is_called_at_its_own_folds_threshold(folds, pooled):
     frame = pooled.candidates[name].predictions
     test = frame[frame["split"] == "test"]
     expected = test["fold"].map(lambda f: own[f]["slice"]).to_numpy()
-    manual = bootstrap_metrics(
-        test["y"], test["p"], test["patient"], expected, n_bootstrap=100, seed=0
-    )
+    manual = bootstrap_metrics(test["y"], test["p"], test["patient"], expected, options=OPTIONS)
     assert pooled.candidates[name].metrics["test"]["slice"] == manual
     called = confusion_plot_data(pooled, "test", "slice")
     called = called[called["candidate"] == name]
@@ -96,10 +96,18 @@ def test_each_row_is_called_at_its_own_folds_threshold(folds, pooled):
     fold_of = test.drop_duplicates("patient").set_index("patient")["fold"]
     cut = patients["patient"].map(lambda p: own[fold_of[p]]["patient"]).to_numpy()
     at_median = bootstrap_metrics(
-        patients["y"], patients["p"], patients["patient"], np.median(cut), n_bootstrap=100
+        patients["y"],
+        patients["p"],
+        patients["patient"],
+        np.median(cut),
+        options=BootstrapOptions(n_bootstrap=100),
     )
     per_fold = bootstrap_metrics(
-        patients["y"], patients["p"], patients["patient"], cut, n_bootstrap=100
+        patients["y"],
+        patients["p"],
+        patients["patient"],
+        cut,
+        options=BootstrapOptions(n_bootstrap=100),
     )
     assert pooled.candidates[name].metrics["test"]["patient"] == per_fold
     assert per_fold != at_median
@@ -145,16 +153,19 @@ def test_fold_spread_and_metrics_json(folds, pooled):
 def test_a_slice_tested_in_two_folds_is_refused(folds):
     twice = [folds[0].candidates["VGG16"], folds[0].candidates["VGG16"]]
     with pytest.raises(ValueError, match="in two folds"):
-        pool_candidate(twice, **OPTIONS)
+        pool_candidate(twice, OPTIONS)
     with pytest.raises(ValueError, match="at least 2 folds"):
-        cross_validate(folds[:1], **OPTIONS)
+        cross_validate(folds[:1], OPTIONS)
 
 
 def test_bootstrap_takes_one_threshold_or_one_per_row():
     y = np.array([1, 1, 0, 0, 1, 0])
     p = np.array([0.9, 0.4, 0.3, 0.6, 0.7, 0.2])
     patients = ["a", "b", "c", "d", "e", "f"]
-    same = bootstrap_metrics(y, p, patients, 0.5, n_bootstrap=50)
-    assert bootstrap_metrics(y, p, patients, np.full(6, 0.5), n_bootstrap=50) == same
+    same = bootstrap_metrics(y, p, patients, 0.5, options=BootstrapOptions(n_bootstrap=50))
+    assert (
+        bootstrap_metrics(y, p, patients, np.full(6, 0.5), options=BootstrapOptions(n_bootstrap=50))
+        == same
+    )
     with pytest.raises(ValueError, match="one per row"):
-        bootstrap_metrics(y, p, patients, np.full(4, 0.5), n_bootstrap=50)
+        bootstrap_metrics(y, p, patients, np.full(4, 0.5), options=BootstrapOptions(n_bootstrap=50))

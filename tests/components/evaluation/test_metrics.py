@@ -9,7 +9,9 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 
+from components.config import EvaluationConfig
 from components.evaluation.metrics import (
+    BootstrapOptions,
     aggregate_patients,
     bootstrap_metrics,
     brier_score,
@@ -144,11 +146,17 @@ def test_one_class_only_gives_nan_without_warnings():
         assert np.isnan(roc_auc([0, 0], [0.1, 0.2]))
         assert all(np.isnan(v) for v in threshold_metrics([], [], 0.5).values())
         est = bootstrap_metrics(
-            [1, 1, 1, 1], [0.2, 0.6, 0.9, 0.7], list("aabb"), 0.5, n_bootstrap=50
+            [1, 1, 1, 1],
+            [0.2, 0.6, 0.9, 0.7],
+            list("aabb"),
+            0.5,
+            options=BootstrapOptions(n_bootstrap=50),
         )
         assert np.isnan(est["auc"].value) and np.isnan(est["auc"].ci_low)
         assert est["ppv"].value == 1.0
-        cmp = compare_auc([1, 1], [0.2, 0.3], [0.4, 0.5], ["a", "b"], n_bootstrap=20)
+        cmp = compare_auc(
+            [1, 1], [0.2, 0.3], [0.4, 0.5], ["a", "b"], options=BootstrapOptions(n_bootstrap=20)
+        )
         assert np.isnan(cmp.difference.value) and np.isnan(cmp.p_value)
 
 
@@ -210,20 +218,22 @@ def test_resampled_metrics_equal_metrics_on_the_expanded_slices():
 
 def test_bootstrap_contains_point_estimate_and_matches_plain_metrics():
     y, p, patients = _cohort(15, seed=4)
-    est = bootstrap_metrics(y, p, patients, 0.5, n_bootstrap=400, seed=1)
+    est = bootstrap_metrics(y, p, patients, 0.5, options=BootstrapOptions(n_bootstrap=400, seed=1))
     assert list(est) == list(ALL_METRICS)
     plain = {**threshold_metrics(y, p, 0.5), "auc": roc_auc(y, p), "brier": brier_score(y, p)}
     for name, value in plain.items():
         assert est[name].value == pytest.approx(value)
     for name, e in est.items():
         assert e.ci_low <= e.value <= e.ci_high, name
-    again = bootstrap_metrics(y, p, patients, 0.5, n_bootstrap=400, seed=1)
+    again = bootstrap_metrics(
+        y, p, patients, 0.5, options=BootstrapOptions(n_bootstrap=400, seed=1)
+    )
     assert again == est
 
 
 def test_bootstrap_interval_narrows_as_patients_are_added():
-    few = bootstrap_metrics(*_cohort(8, seed=5), 0.5, n_bootstrap=400)
-    many = bootstrap_metrics(*_cohort(80, seed=5), 0.5, n_bootstrap=400)
+    few = bootstrap_metrics(*_cohort(8, seed=5), 0.5, options=BootstrapOptions(n_bootstrap=400))
+    many = bootstrap_metrics(*_cohort(80, seed=5), 0.5, options=BootstrapOptions(n_bootstrap=400))
     for name in ("auc", "accuracy", "sensitivity", "kappa", "brier"):
         assert many[name].width < 0.6 * few[name].width, name
 
@@ -232,8 +242,10 @@ def test_slice_resampling_would_understate_the_uncertainty():
     # 20 patients of 40 near-identical slices: the information is in 20 patients, not 800
     # slices. Treating each slice as its own patient shrinks the interval several-fold.
     y, p, patients = _cohort(10, slices=40, seed=6)
-    by_patient = bootstrap_metrics(y, p, patients, 0.5, n_bootstrap=400)
-    by_slice = bootstrap_metrics(y, p, np.arange(len(y)), 0.5, n_bootstrap=400)
+    by_patient = bootstrap_metrics(y, p, patients, 0.5, options=BootstrapOptions(n_bootstrap=400))
+    by_slice = bootstrap_metrics(
+        y, p, np.arange(len(y)), 0.5, options=BootstrapOptions(n_bootstrap=400)
+    )
     for name in ("auc", "accuracy"):
         assert by_patient[name].value == pytest.approx(by_slice[name].value)
         assert by_patient[name].width > 3 * by_slice[name].width, name
@@ -243,12 +255,19 @@ def test_compare_auc_detects_a_better_model_and_not_a_copy():
     y, p_good, patients = _cohort(20, slices=3, seed=7, spread=0.5)
     rng = np.random.default_rng(0)
     p_noise = rng.random(len(y))
-    better = compare_auc(y, p_good, p_noise, patients, n_bootstrap=500)
+    better = compare_auc(y, p_good, p_noise, patients, options=BootstrapOptions(n_bootstrap=500))
     assert better.difference.value > 0.3
     assert better.difference.ci_low > 0
     assert better.p_value < 0.05
-    assert compare_auc(y, p_noise, p_good, patients, n_bootstrap=500).difference.ci_high < 0
-    copy = compare_auc(y, p_good, p_good.copy(), patients, n_bootstrap=500)
+    assert (
+        compare_auc(
+            y, p_noise, p_good, patients, options=BootstrapOptions(n_bootstrap=500)
+        ).difference.ci_high
+        < 0
+    )
+    copy = compare_auc(
+        y, p_good, p_good.copy(), patients, options=BootstrapOptions(n_bootstrap=500)
+    )
     assert copy.difference.value == 0
     assert copy.difference.ci_low <= 0 <= copy.difference.ci_high
     assert copy.p_value == 1.0
@@ -258,7 +277,7 @@ def test_compare_auc_of_similar_models_is_not_significant():
     y, p, patients = _cohort(20, slices=3, seed=8, spread=0.5)
     rng = np.random.default_rng(1)
     jittered = np.clip(p + rng.normal(0, 0.02, len(p)), 0, 1)
-    result = compare_auc(y, p, jittered, patients, n_bootstrap=500)
+    result = compare_auc(y, p, jittered, patients, options=BootstrapOptions(n_bootstrap=500))
     assert result.difference.ci_low <= 0 <= result.difference.ci_high
     assert result.p_value > 0.2
 
@@ -267,3 +286,11 @@ def test_percentile_interval_ignores_nan():
     assert percentile_interval([np.nan, 1.0, 2.0, 3.0], 0.5) == pytest.approx((1.5, 2.5))
     low, high = percentile_interval([np.nan, np.nan])
     assert np.isnan(low) and np.isnan(high)
+
+
+def test_bootstrap_options_come_from_the_config_whose_defaults_they_share():
+    evaluation = EvaluationConfig(n_bootstrap=20, confidence=0.9, calibration_bins=5, seed=4)
+    assert BootstrapOptions.from_config(evaluation) == BootstrapOptions(
+        n_bootstrap=20, confidence=0.9, calibration_bins=5, seed=4
+    )
+    assert BootstrapOptions.from_config(EvaluationConfig()) == BootstrapOptions()

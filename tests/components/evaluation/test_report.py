@@ -23,7 +23,7 @@ from components.evaluation.figures import (
     save_png,
     training_curves,
 )
-from components.evaluation.metrics import Estimate
+from components.evaluation.metrics import BootstrapOptions, Estimate
 from components.evaluation.paper import PAPER_TABLE2
 from components.evaluation.report_content import (
     DataSummary,
@@ -108,14 +108,22 @@ def split_frame() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def results(split_frame):
     return score_candidates(
-        _predictions(split_frame), CLASSES, "MM", n_bootstrap=100, ensemble_top_k=2
+        _predictions(split_frame),
+        CLASSES,
+        "MM",
+        options=BootstrapOptions(n_bootstrap=100),
+        ensemble_top_k=2,
     )
 
 
 @pytest.fixture(scope="module")
 def image_split_results(split_frame):
     return score_candidates(
-        _predictions(split_frame, seed=5), CLASSES, "MM", n_bootstrap=100, ensemble_top_k=0
+        _predictions(split_frame, seed=5),
+        CLASSES,
+        "MM",
+        options=BootstrapOptions(n_bootstrap=100),
+        ensemble_top_k=0,
     )
 
 

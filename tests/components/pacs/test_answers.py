@@ -95,7 +95,11 @@ def test_the_most_suspicious_slice_leans_furthest_toward_the_answer():
 @pytest.fixture(scope="module")
 def predictor() -> Predictor:
     spec = ServingSpec(
-        BACKBONE, (MemberSpec(BACKBONE, SIZE, WINDOWS),), CLASSES, POSITIVE, THRESHOLDS
+        candidate=BACKBONE,
+        members=(MemberSpec(backbone=BACKBONE, image_size=SIZE, windows=WINDOWS),),
+        classes=CLASSES,
+        positive_class=POSITIVE,
+        thresholds=THRESHOLDS,
     )
     return Predictor(spec, [tiny_model()])
 

@@ -11,7 +11,13 @@ from components.config import TrackingConfig
 from components.registry.pyfunc import log_candidate
 from tests.components.registry.registry_support import THRESHOLDS
 from tests.dicom_factory import write_ct_files
-from tests.model_factory import BACKBONE, CLASSES, POSITIVE, WINDOWS, tiny_model, write_models_dir
+from tests.model_factory import (
+    BACKBONE,
+    Candidate,
+    models_config,
+    tiny_model,
+    write_models_dir,
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +40,8 @@ def study(store):
 
 @pytest.fixture(scope="module")
 def logged(store, study, models_dir):
-    return log_candidate(
-        store, study, BACKBONE, [BACKBONE], models_dir, WINDOWS, CLASSES, POSITIVE, THRESHOLDS
-    )
+    candidate = Candidate(BACKBONE, (BACKBONE,), THRESHOLDS)
+    return log_candidate(store, study, candidate, models_config(models_dir))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,12 @@ from components import tracking
 from components.config import Config, EvaluationConfig, load_config
 from components.evaluation.candidates import score_candidates
 from components.evaluation.metric_files import log_candidate_runs
-from components.evaluation.metrics import aggregate_patients, roc_auc, threshold_metrics
+from components.evaluation.metrics import (
+    BootstrapOptions,
+    aggregate_patients,
+    roc_auc,
+    threshold_metrics,
+)
 from components.evaluation.report_content import format_estimate
 from components.registry import promotion
 from tests.components.registry.registry_support import keras_p, run_cli
@@ -217,7 +222,11 @@ def test_register_selected_logs_registers_and_rescores_a_champion_of_other_data(
     root, predictions = project
     cfg = Config(root=root, evaluation=EvaluationConfig(n_bootstrap=10))
     results = score_candidates(
-        {BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0
+        {BACKBONE: predictions},
+        CLASSES,
+        POSITIVE,
+        options=BootstrapOptions(n_bootstrap=10),
+        ensemble_top_k=0,
     )
     chosen = results.candidates[BACKBONE]
 
@@ -255,7 +264,11 @@ def test_register_selected_logs_registers_and_rescores_a_champion_of_other_data(
     # A candidate whose scores rank every test patient right (AUC 1) beats the rescored 0.
     inverted = predictions.assign(p=1 - predictions["p"])
     results = score_candidates(
-        {BACKBONE: inverted}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0
+        {BACKBONE: inverted},
+        CLASSES,
+        POSITIVE,
+        options=BootstrapOptions(n_bootstrap=10),
+        ensemble_top_k=0,
     )
     assert results.candidates[BACKBONE].metrics["test"]["patient"]["auc"].value == 1.0
     _set_data_version(root, "dv3")
@@ -272,7 +285,11 @@ def test_a_moved_project_is_detected_relocated_and_predicts(
     (root / "params.yaml").write_text("evaluation: {n_bootstrap: 10}\n")
     cfg = load_config(root / "params.yaml")
     results = score_candidates(
-        {BACKBONE: predictions}, CLASSES, POSITIVE, n_bootstrap=10, ensemble_top_k=0
+        {BACKBONE: predictions},
+        CLASSES,
+        POSITIVE,
+        options=BootstrapOptions(n_bootstrap=10),
+        ensemble_top_k=0,
     )
     store = tracking.resolve_store(cfg.tracking, root)
     promotion.register_selected(cfg, results, tracking.start_study(store, "study"))
@@ -322,6 +339,7 @@ print(outcome.alias)
 """
 
 
+@pytest.mark.slow  # two processes that each load TensorFlow and MLflow: 2.5 min on 2 cores
 def test_two_promotions_at_once_leave_exactly_one_champion(store, logged, tmp_path):
     tags = json.dumps({**logged.tags, "data_version": "dv1"})
     env = project_env({"PYTHONPATH": str(ROOT)}, drop_prefixes=("MLFLOW_",))

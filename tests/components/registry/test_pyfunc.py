@@ -26,7 +26,7 @@ from components.registry.pyfunc import (
 )
 from tests.components.registry.registry_support import THRESHOLDS, keras_p, run_cli
 from tests.dicom_factory import write_mr, write_multiframe, write_plain, write_raw_attribute
-from tests.model_factory import BACKBONE, CLASSES, POSITIVE, WINDOWS
+from tests.model_factory import BACKBONE, Candidate, models_config
 from tests.tool_env import project_env
 
 CONTRACT = ["file", "frame", "p_mm", "label", "threshold", "error"]
@@ -182,9 +182,11 @@ def test_a_damaged_model_is_one_line_naming_the_file(logged, ct_files, params, t
 def test_log_candidate_needs_the_training_outputs_of_every_member(store, study, models_dir):
     with pytest.raises(FileNotFoundError, match="run `myelomet train` for MobileNet"):
         log_candidate(
-            store, study, "ensemble", [BACKBONE, "MobileNet"], models_dir, WINDOWS, CLASSES,
-            POSITIVE, THRESHOLDS,
-        )  # fmt: skip
+            store,
+            study,
+            Candidate("ensemble", (BACKBONE, "MobileNet"), THRESHOLDS),
+            models_config(models_dir),
+        )
 
 
 def test_one_bad_file_is_one_error_row_and_the_rest_is_answered(pyfunc, ct_files, tmp_path):

@@ -34,10 +34,29 @@ pytestmark = pytest.mark.backends
 THRESHOLD = 0.4  # between the probabilities of the test files: both labels occur
 
 
+# The JSON `ServingSpec.to_json` wrote by hand before ServingSpec was a pydantic model.
+SPEC_ON_DISK = {
+    "format": 1,
+    "candidate": BACKBONE,
+    "members": [
+        {
+            "backbone": BACKBONE,
+            "image_size": SIZE,
+            "windows": [w.model_dump() for w in WINDOWS],
+            "crop": 1.0,
+        }
+    ],
+    "classes": list(CLASSES),
+    "positive_class": POSITIVE,
+    "thresholds": {"slice": THRESHOLD, "patient": 0.4},
+    "keras_backend": "",
+}
+
+
 def _spec(*backbones: str) -> ServingSpec:
     return ServingSpec(
         candidate=backbones[0] if len(backbones) == 1 else "ensemble",
-        members=tuple(MemberSpec(b, SIZE, WINDOWS) for b in backbones),
+        members=tuple(MemberSpec(backbone=b, image_size=SIZE, windows=WINDOWS) for b in backbones),
         classes=CLASSES,
         positive_class=POSITIVE,
         thresholds={"slice": THRESHOLD, "patient": 0.4},
@@ -200,8 +219,8 @@ def test_an_ensemble_averages_its_members(predictor, ct_files):
 
 
 def test_models_that_do_not_fit_the_spec_are_refused(predictor):
-    wrong_size = ServingSpec(
-        "VGG16", (MemberSpec(BACKBONE, 64, WINDOWS),), CLASSES, POSITIVE, {"slice": 0.5}
+    wrong_size = _spec(BACKBONE).model_copy(
+        update={"members": (MemberSpec(backbone=BACKBONE, image_size=64, windows=WINDOWS),)}
     )
     with pytest.raises(ValueError, match=r"the spec says \(64, 64, 3\)"):
         Predictor(wrong_size, predictor.models)
@@ -211,17 +230,32 @@ def test_models_that_do_not_fit_the_spec_are_refused(predictor):
 
 def test_spec_round_trips_through_json_and_rejects_bad_input():
     spec = _spec(BACKBONE)
-    again = ServingSpec.from_json(spec.to_json())
+    text = spec.model_dump_json(indent=2)
+    again = ServingSpec.from_json(text)
     assert again == spec
     assert (again.threshold, again.probability_key, again.negative_class) == (0.4, "p_mm", "OMBT")
+    assert json.loads(text) == SPEC_ON_DISK  # what models logged before the pydantic model hold
+    assert ServingSpec.from_json(json.dumps(SPEC_ON_DISK)) == spec
+    older = {**SPEC_ON_DISK, "members": [{**SPEC_ON_DISK["members"][0]}]}
+    del older["keras_backend"], older["members"][0]["crop"]
+    assert ServingSpec.from_json(json.dumps(older)) == spec  # the defaults fill what is absent
     with pytest.raises(ValueError, match="format 2"):
-        ServingSpec.from_json(json.dumps({**json.loads(spec.to_json()), "format": 2}))
+        ServingSpec.from_json(json.dumps({**SPEC_ON_DISK, "format": 2}))
     with pytest.raises(ValueError, match="not a serving spec"):
         ServingSpec.from_json("{}")
+    with pytest.raises(ValueError, match="3 channel windows"):
+        ServingSpec.from_json(
+            json.dumps({**SPEC_ON_DISK, "members": [{**older["members"][0], "windows": []}]})
+        )
+    fields = {"candidate": "x", "members": spec.members, "classes": CLASSES}
     with pytest.raises(ValueError, match="'slice' threshold"):
-        ServingSpec("x", spec.members, CLASSES, POSITIVE, {"patient": 0.5})
+        ServingSpec(**fields, positive_class=POSITIVE, thresholds={"patient": 0.5})
     with pytest.raises(ValueError, match="two names including"):
-        ServingSpec("x", spec.members, ("MM", "OMBT", "X"), POSITIVE, {"slice": 0.5})
+        ServingSpec(
+            **fields | {"classes": ("MM", "OMBT", "X")},
+            positive_class=POSITIVE,
+            thresholds={"slice": 0.5},
+        )
 
 
 def test_a_slice_with_an_impossible_rescale_gets_an_error_not_a_probability(predictor, tmp_path):

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from components import artifacts, code_closure, tracking
 from components.config import BACKBONES, TrainingConfig, load_config
+from components.machine import machine_description, machine_record
 from components.training import backbones, batches, devices, loop, runtime, worker
 from components.training.backbones import WeightsUnavailable, get_backbone
 from components.training.plan import plan_run
@@ -118,12 +119,14 @@ def test_each_backbone_trains_an_epoch_from_scratch_into_mlflow(name, project, s
     metrics = json.loads((out / artifacts.METRICS_FILE).read_text())
     assert metrics["weights"] == "random" and metrics["val_auc"] == result.val_auc
     assert (metrics["bn_recalibrated_layers"] > 0) == (name != "VGG16")
+    assert metrics["machine"] == machine_record(machine_description())
 
     client = MlflowClient(store.tracking_uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["backbone"] == name and run.data.tags["weights"] == "random"
     assert run.data.tags[tracking.PARENT_TAG] == parent
+    assert run.data.tags["machine.keras"] == machine_description()["libraries"]["keras"]
     assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [1]
     assert {"loss", "accuracy", "auc", "val_accuracy", "val_auc"} <= set(run.data.metrics)
     assert {a.path for a in client.list_artifacts(result.run_id)} == {
