@@ -3,7 +3,9 @@
 # the tools' homes; nothing goes into the system's or the user's Python.
 VENV ?= .venv
 PYTHON ?= python3
-EXTRAS ?= dev,ray,jax
+# The extras `make install` puts in the venv: those requirements.lock pins.
+EXTRAS := dev ray jax
+LOCK := requirements.lock
 BIN := $(abspath $(VENV))/bin
 CACHE := $(CURDIR)/.cache
 
@@ -23,7 +25,7 @@ export DVC_SITE_CACHE_DIR ?= $(CACHE)/dvc
 # this one it writes ~/.ray/auth_token.
 export RAY_AUTH_TOKEN_PATH ?= $(CACHE)/ray/auth_token
 
-.PHONY: install demo test lint
+.PHONY: install lock check-lock demo test lint
 
 install: $(VENV)/.installed $(RAY_AUTH_TOKEN_PATH)
 
@@ -31,15 +33,32 @@ $(RAY_AUTH_TOKEN_PATH):
 	@mkdir -p $(dir $@)
 	@umask 077 && $(PYTHON) -c 'import secrets; import sys; sys.stdout.write(secrets.token_hex(32))' > $@
 
-$(VENV)/.installed: pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
-	  { echo "myelomet needs Python >= 3.11 as '$(PYTHON)' (set PYTHON=/path/to/python3.11)"; exit 1; }
+# The venv holds exactly the versions of $(LOCK) (`uv pip sync`), then the project itself,
+# editable; uv is bootstrapped with pip at its locked version.
+$(VENV)/.installed: $(LOCK) pyproject.toml | $(BIN)/uv
+	$(BIN)/uv pip sync -q --native-tls --python $(BIN)/python $(LOCK)
+	$(BIN)/uv pip install -q --native-tls --python $(BIN)/python --no-deps -e .
+	touch $@
+
+$(BIN)/uv:
+	@$(PYTHON) -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] < (3, 14))' 2>/dev/null || \
+	  { echo "myelomet needs Python 3.11 to 3.13 as '$(PYTHON)' (set PYTHON=/path/to/python3.11)"; exit 1; }
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
 	  { echo "'$(PYTHON) -m venv' is missing: install it (Debian/Ubuntu: apt-get install python3-venv)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check uv
-	$(BIN)/uv pip install -q --native-tls --python $(BIN)/python -e '.[$(EXTRAS)]'
-	touch $@
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$$(grep '^uv==' $(LOCK))"
+
+# Re-resolve $(LOCK) from pyproject.toml's ranges, for every platform and Python 3.11 to 3.13,
+# keeping each locked version that still fits; then install it. Newer versions:
+# `make lock LOCK_FLAGS=--upgrade`, or `LOCK_FLAGS="--upgrade-package keras"` for one.
+lock: | $(BIN)/uv
+	$(BIN)/uv pip compile -q --native-tls pyproject.toml $(addprefix --extra ,$(EXTRAS)) \
+	  --universal --fork-strategy fewest --python-version 3.11 $(LOCK_FLAGS) -o $(LOCK)
+	$(MAKE) install
+
+# `uv pip freeze` of the venv against $(LOCK): the same packages at the same versions.
+check-lock: install
+	$(BIN)/uv pip freeze --exclude-editable --python $(BIN)/python | $(BIN)/python .ci/check_lock.py $(LOCK)
 
 demo: install
 	dvc repro
@@ -47,10 +66,18 @@ demo: install
 lint: install
 	ruff check .
 	ruff format --check .
+	lint-imports
 
-# The whole suite on TensorFlow (the default backend), then its backend-agnostic subset on JAX.
-test: lint
-	pytest -q --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; \
+# The whole suite on TensorFlow (the default backend), then its backend-agnostic subset on JAX,
+# each in a random order (pytest-randomly), so a test that passes only after another fails.
+# The seed is printed; `make test SEED=<n>` repeats an order. CI also checks the lock.
+ifndef SEED
+SEED := $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
+endif
+RANDOM_ORDER := -p randomly --randomly-seed=$(SEED)
+test: lint $(if $(CI),check-lock)
+	@echo "test order: --randomly-seed=$(SEED) (make test SEED=$(SEED) repeats it)"
+	pytest -q $(RANDOM_ORDER) --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; \
 	  [ $$rc -eq 0 ] || exit $$rc; \
-	  KERAS_BACKEND=jax pytest -q -m backends; rc=$$?; \
+	  KERAS_BACKEND=jax pytest -q $(RANDOM_ORDER) -m backends; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no JAX tests collected"; rc=0; fi; exit $$rc

@@ -1,10 +1,11 @@
 """The `evaluate` flow for real, after real training through the `train` flow.
 
-Two fast backbones trained from scratch on a tiny patient split, then `evaluate`: the
-Table 2 metrics with bootstrap CIs per candidate and for the ensemble, the DVC plot data,
-the self-contained study page, a registry version with its alias and promotion tags, and
-the Prefect artifact. A second run on the same models registers version 2, which cannot
-beat the champion by evaluation.min_improvement and so becomes the challenger.
+Two fast backbones trained from scratch on a tiny patient split (the project shared with the
+train flow tests, copied here), then `evaluate`: the Table 2 metrics with bootstrap CIs per
+candidate and for the ensemble, the DVC plot data, the self-contained study page, a registry
+version with its alias and promotion tags, and the Prefect artifact. A second run, on a copy
+of the evaluated project, registers version 2, which cannot beat the champion by
+evaluation.min_improvement and so becomes the challenger.
 """
 
 from __future__ import annotations
@@ -17,29 +18,25 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 from prefect import get_client
 from prefect.artifacts import Artifact
 from prefect.concurrency.sync import concurrency
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from components import tracking
 from components.artifacts import STUDY_FILE
-from components.checks.page import write_page
-from components.checks.results import ValidationReport
 from components.config import load_config
 from flows.evaluate import ARTIFACT_KEY, PROMOTION_LIMIT_PREFIX, evaluate, promotion_slot
-from flows.train import train
-from tests.components.training.test_worker import _write_tiny_project
+from tests.flows.trained_project import TRAINED_BACKBONES, TrainedProject
 from tests.offline_html import assert_offline
+from tests.project_factory import copy_project, update_params
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
 ]
 
-BACKBONES = ("MobileNet", "MobileNetV2")
+BACKBONES = TRAINED_BACKBONES
 CANDIDATES = (*BACKBONES, "ensemble")
 # Not the default name, so the registration proves evaluation.registered_model is read.
 MODEL_NAME = "myelomet-evaluate-test"
@@ -55,44 +52,29 @@ def _no_ambient_tracking_uri():
         yield
 
 
-def _set_params(root: Path, **evaluation) -> None:
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["evaluation"].update(evaluation)
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny project whose two backbones were trained by the `train` flow."""
-    root = tmp_path_factory.mktemp("evaluate-flow")
-    # 10 patients per class: 6 train, 2 val and 2 test each; 2 slices per patient
-    _write_tiny_project(root, patients_per_class=10, slices=2)
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["training"].update(backbones=list(BACKBONES), retries=0, max_parallel=2)
-    params["leakage"] = {"enabled": False}
-    params["evaluation"] = {
-        "n_bootstrap": 30,
-        "gradcam_per_class": 1,
-        "ensemble_top_k": 2,
-        "registered_model": MODEL_NAME,
-        "min_improvement": 0.0,
-        "reports_out": "reports",
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    page = root / "reports" / "validation" / "index.html"  # what `myelomet validate` writes
-    write_page(ValidationReport(suites=(), docs_index=page), page)
-    flow = train.with_options(task_runner=ThreadPoolTaskRunner(max_workers=2))
-    trained = flow(str(root / "params.yaml"))
-    assert trained["failures"] == {}, trained["failures"]
+def project(trained_project: TrainedProject, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the trained project with this module's evaluation settings."""
+    root = copy_project(trained_project.root, tmp_path_factory.mktemp("evaluate-flow") / "p")
+    update_params(
+        root,
+        "evaluation",
+        n_bootstrap=30,
+        gradcam_per_class=1,
+        ensemble_top_k=2,
+        registered_model=MODEL_NAME,
+        min_improvement=0.0,
+    )
     return root
 
 
 @pytest.fixture(scope="module")
 def first(project: Path) -> dict:
-    """The first evaluate run: its return value, with metrics.json loaded."""
+    """The first evaluate run: its return value, with metrics.json loaded and the Prefect
+    artifact it published (a later run replaces it)."""
     outcome = evaluate(str(project / "params.yaml"))
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
-    return {**outcome, "metrics": metrics}
+    return {**outcome, "metrics": metrics, "markdown": Artifact.get(ARTIFACT_KEY).data}
 
 
 def _client(project: Path) -> MlflowClient:
@@ -279,22 +261,23 @@ def test_every_candidate_run_ranks_in_mlflow_by_its_test_metrics(project, first)
 
 
 def test_the_prefect_artifact_holds_the_results(first):
-    markdown = Artifact.get(ARTIFACT_KEY).data
+    markdown = first["markdown"]
     assert f"**{first['selected']}**" in markdown
     for name in CANDIDATES:
         assert f"| {name} |" in markdown or f"| **{name}** |" in markdown
     assert f"Registered `{MODEL_NAME}` version 1 as **champion**" in markdown
 
 
-def test_a_second_run_that_does_not_beat_the_champion_becomes_challenger(project, first):
-    _set_params(project, min_improvement=MIN_IMPROVEMENT)
+def test_a_second_run_that_does_not_beat_the_champion_becomes_challenger(project, first, tmp_path):
+    again = copy_project(project, tmp_path / "project")  # the module's project keeps version 1
+    update_params(again, "evaluation", min_improvement=MIN_IMPROVEMENT)
 
-    second = evaluate(str(project / "params.yaml"))
+    second = evaluate(str(again / "params.yaml"))
 
     assert (second["selected"], second["version"], second["alias"]) == (
         first["selected"], "2", "challenger",
     )  # fmt: skip
-    client = _client(project)
+    client = _client(again)
     assert _aliases(client) == {"champion": "1", "challenger": "2"}
     v1 = client.get_model_version(MODEL_NAME, "1").tags
     v2 = client.get_model_version(MODEL_NAME, "2").tags
@@ -306,7 +289,7 @@ def test_a_second_run_that_does_not_beat_the_champion_becomes_challenger(project
     assert float(v2["promotion.champion_value"]) == float(v1["test.patient_auc"])
     assert float(v2["promotion.min_improvement"]) == MIN_IMPROVEMENT
     assert "does not beat champion v1" in v2["promotion.reason"]
-    page = (project / "reports" / "study.html").read_text(encoding="utf-8")
+    page = (again / "reports" / "study.html").read_text(encoding="utf-8")
     assert "Not promoted: version 2 is registered as challenger." in page
     markdown = Artifact.get(ARTIFACT_KEY).data
     assert f"Registered `{MODEL_NAME}` version 2 as **challenger**" in markdown

@@ -7,9 +7,11 @@ the nightly schedule back through the client, triggers a study and sees it compl
 artifacts and a registered champion. The project runs patient-grouped 3-fold
 cross-validation, so that study also proves the folds end to end through `dvc repro`: every
 patient tested once, one model per fold, Table 2 pooled out of fold, and the fold ensemble
-registered, carded and served on a DICOM file. The second puts a new, invalid data version in place
+registered, carded and served on a DICOM file. Another puts a new, invalid data version in place
 (`dvc add`), starts the next scheduled run now, and sees it fail at validation with the
-failed expectation in its message and failure note, the registry untouched.
+failed expectation in its message and failure note, the registry untouched; it puts the
+workspace back after, so the tests run in any order. The triggered study is a module fixture
+(`studied`) that each test starts from.
 """
 
 from __future__ import annotations
@@ -174,29 +176,40 @@ def _registry(root: Path) -> stages.RegistryState:
     return stages.registry_state(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", MODEL)
 
 
-def test_deployments_read_back_and_a_triggered_study_completes_with_artifacts(
-    server, project, tmp_path
-):
+@pytest.fixture(scope="module")
+def studied(
+    server: dict[str, str], project: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[StateType, str, dict[str, str]]:
+    """The study deployment triggered once and run by a worker: its state, message and
+    artifacts. It registers version 1 of the model."""
     with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
-        with get_client(sync_client=True) as client:
-            nightly = client.read_deployment_by_name(STUDY)
-            on_demand = client.read_deployment_by_name(ON_DEMAND)
-        (schedule,) = nightly.schedules
-        assert schedule.active
-        assert schedule.schedule.cron == "0 2 * * *"
-        assert schedule.schedule.timezone == "UTC"
-        assert nightly.work_pool_name == on_demand.work_pool_name == POOL
-        assert nightly.entrypoint == "flows/study.py:study"
-        assert on_demand.schedules == []
-        assert {"backbones", "epochs", "preset", "folds"} <= set(
-            on_demand.parameter_openapi_schema["properties"]
-        )
-        assert on_demand.parameters["preset"] == "demo"
-
         flow_run = run_deployment(STUDY, timeout=0)
-        _run_worker_once(server, tmp_path)
-        state, message, artifacts = _flow_run_outcome(flow_run.id)
+        _run_worker_once(server, tmp_path_factory.mktemp("worker"))
+        return _flow_run_outcome(flow_run.id)
 
+
+def test_deployments_read_back_and_a_triggered_study_completes_with_artifacts(
+    server, project, studied
+):
+    with (
+        temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}),
+        get_client(sync_client=True) as client,
+    ):
+        nightly = client.read_deployment_by_name(STUDY)
+        on_demand = client.read_deployment_by_name(ON_DEMAND)
+    (schedule,) = nightly.schedules
+    assert schedule.active
+    assert schedule.schedule.cron == "0 2 * * *"
+    assert schedule.schedule.timezone == "UTC"
+    assert nightly.work_pool_name == on_demand.work_pool_name == POOL
+    assert nightly.entrypoint == "flows/study.py:study"
+    assert on_demand.schedules == []
+    assert {"backbones", "epochs", "preset", "folds"} <= set(
+        on_demand.parameter_openapi_schema["properties"]
+    )
+    assert on_demand.parameters["preset"] == "demo"
+
+    state, message, artifacts = studied
     assert state == StateType.COMPLETED, message
     assert "Data validation passed" in artifacts[ARTIFACT_KEYS["validation"]]
     table2 = artifacts[ARTIFACT_KEYS["table2"]]
@@ -204,7 +217,6 @@ def test_deployments_read_back_and_a_triggered_study_completes_with_artifacts(
     assert (
         "Registered version 1 (MobileNet) as **champion**" in artifacts[ARTIFACT_KEYS["registry"]]
     )
-    assert _registry(project).holder("champion") == "1"
     lock = yaml.safe_load((project / "dvc.lock").read_text())
     assert set(lock["stages"]) == set(stages.stage_order(project))
     _assert_cross_validated(project)
@@ -238,7 +250,7 @@ def _assert_cross_validated(root: Path) -> None:
     assert pooled["test"]["n_patients"] == pooled["val"]["n_patients"] == 12
     assert f"Cross-validation ({FOLDS} folds)" in (root / "reports/study.html").read_text()
 
-    version = client.get_model_version_by_alias(MODEL, "champion")
+    version = client.get_model_version(MODEL, "1")  # the study's; later tests register more
     members = version.tags["backbones"].split(",")
     assert members == [f"fold-{f}/MobileNet" for f in range(FOLDS)]
     assert f"patient-level {FOLDS}-fold cross-validation" in version.description
@@ -249,7 +261,7 @@ def _assert_cross_validated(root: Path) -> None:
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}/1")
     finally:
         mlflow.set_tracking_uri(previous)
     assert len(model.unwrap_python_model().predictor.models) == FOLDS
@@ -259,7 +271,7 @@ def _assert_cross_validated(root: Path) -> None:
 
 
 def test_on_demand_training_is_a_dvc_experiment_that_leaves_the_workspace_as_it_was(
-    server, project, tmp_path
+    server, project, studied, tmp_path
 ):
     workspace = stages.snapshot_workspace(project)
     with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
@@ -313,27 +325,34 @@ def _start_next_scheduled_run(deployment_name: str) -> UUID:
 
 
 def test_invalid_new_data_fails_the_scheduled_run_at_validation_and_registry_unchanged(
-    server, project, tmp_path
+    server, project, studied, tmp_path
 ):
+    workspace = stages.snapshot_workspace(project)
     raw = project / "data" / "raw" / "site"
-    shutil.copytree(project / "data" / "raw" / "synthetic", raw)
-    _blank_one_patient(raw)
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    params["data"]["dicom_root"] = "data/raw/site"
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _ok([str(SCRIPTS / "dvc"), "add", "data/raw/site"], project, server)
-    before = _registry(project)
+    try:
+        shutil.copytree(project / "data" / "raw" / "synthetic", raw)
+        _blank_one_patient(raw)
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["data"]["dicom_root"] = "data/raw/site"
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        _ok([str(SCRIPTS / "dvc"), "add", "data/raw/site"], project, server)
+        before = _registry(project)
 
-    with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
-        flow_run_id = _start_next_scheduled_run(STUDY)
-        _run_worker_once(server, tmp_path)
-        state, message, artifacts = _flow_run_outcome(flow_run_id)
+        with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
+            flow_run_id = _start_next_scheduled_run(STUDY)
+            _run_worker_once(server, tmp_path)
+            state, message, artifacts = _flow_run_outcome(flow_run_id)
 
-    assert state == StateType.FAILED, message
-    assert "stage 'validate' failed" in message
-    assert "data validation failed" in message
-    note = (project / notify.FAILURE_FILE).read_text()
-    assert note.strip() == artifacts[ARTIFACT_KEYS["failure"]].strip()
-    assert "stage `validate` failed" in note
-    assert "reports/validation/index.html" in note
-    assert _registry(project) == before
+        assert state == StateType.FAILED, message
+        assert "stage 'validate' failed" in message
+        assert "data validation failed" in message
+        note = (project / notify.FAILURE_FILE).read_text()
+        assert note.strip() == artifacts[ARTIFACT_KEYS["failure"]].strip()
+        assert "stage `validate` failed" in note
+        assert "reports/validation/index.html" in note
+        assert _registry(project) == before
+        assert before.holder("champion") is not None  # the study's champion stays
+    finally:  # the data and configuration the other tests run on
+        assert stages.restore_workspace(project, workspace, lambda line: None)
+        shutil.rmtree(raw, ignore_errors=True)
+        (project / "data" / "raw" / "site.dvc").unlink(missing_ok=True)

@@ -4,17 +4,21 @@ expectation."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import pkgutil
 from pathlib import Path
+from types import ModuleType
 
 import pandas as pd
 import pytest
 import yaml
+from prefect import Flow, Task
 from prefect.artifacts import Artifact
 from prefect.cache_policies import NO_CACHE
 
+import flows
 from components.data.split import FOLD_COLUMN, split_manifest
-from flows import validate as validate_module
 from flows.validate import ARTIFACT_KEY, validate
 from myelomet.cli import main
 from tests.components.checks.test_suites import write_dataset
@@ -118,14 +122,21 @@ def test_missing_split_names_the_command_to_run(tmp_path):
         validate(str(params))
 
 
-def test_no_task_can_be_served_from_a_cache():
-    tasks = [
-        validate_module.load_tables,
-        validate_module.compute_pixel_stats,
-        validate_module.run_suites,
-        validate_module.write_summary,
-        validate_module.publish,
+def _flows_modules() -> list[ModuleType]:
+    return [
+        importlib.import_module(info.name)
+        for info in pkgutil.iter_modules(flows.__path__, f"{flows.__name__}.")
     ]
-    for t in tasks:
-        assert t.cache_policy is NO_CACHE, t.name
-        assert t.persist_result is False, t.name
+
+
+def test_no_task_can_be_served_from_a_cache():
+    tasks = {}
+    for module in _flows_modules():
+        found = {n: t for n, t in vars(module).items() if isinstance(t, Task)}
+        if any(isinstance(f, Flow) for f in vars(module).values()):
+            assert found, f"{module.__name__} defines a flow and no task: discovery is broken"
+        tasks.update({f"{module.__name__}.{n}": t for n, t in found.items()})
+    assert "flows.validate.run_suites" in tasks
+    for name, t in tasks.items():
+        assert t.cache_policy is NO_CACHE, name
+        assert t.persist_result is False, name
