@@ -146,6 +146,7 @@ def test_the_report_and_table_hold_only_the_passes_that_ran(tmp_path):
     assert paper_preset({}, args)["covers"] == {}
 
 
+@pytest.mark.slow
 def test_with_no_budget_left_nothing_starts_and_every_skip_is_listed(tmp_path):
     out = tmp_path / "f.json"
     done = _run(tmp_path, "--budget-s", "0", "--out", str(out))
@@ -162,6 +163,7 @@ def test_with_no_budget_left_nothing_starts_and_every_skip_is_listed(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="needs a machine without GPU")
+@pytest.mark.slow
 def test_a_gpu_named_but_not_seen_stops_the_bench_before_training(tmp_path):
     out = tmp_path / "f.json"
     done = _run(tmp_path, "--out", str(out), extra_env={"CUDA_VISIBLE_DEVICES": "0"})

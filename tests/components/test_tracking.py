@@ -126,6 +126,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.slow
 def test_a_study_whose_process_was_killed_is_closed_by_the_next_one(store, tmp_path):
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_STUDY, str(tmp_path)],

@@ -300,6 +300,7 @@ def test_entry_point_exit_codes_and_error_file(project, tmp_path):
     assert error["exit_code"] == 3 and "not found" in error["error"]
 
 
+@pytest.mark.slow
 def test_module_entry_point_reports_missing_data_with_its_exit_code(tmp_path):
     (tmp_path / "params.yaml").write_text("{}")
     done = subprocess.run(
