@@ -64,11 +64,12 @@ def _ingest(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _pull(args: argparse.Namespace, cfg: Config) -> int:
-    from components.pacs.pull import pull, pull_key, remote_for
+    from components.data.deid import real_data_key
+    from components.pacs.pull import pull, remote_for
     from components.pacs.source import parse_source
 
     source = parse_source(args.source, Path(args.ca_bundle) if args.ca_bundle else None)
-    key = pull_key(cfg.ingest.key_env, cfg.path(cfg.ingest.key_file))
+    key = real_data_key(cfg.ingest.key_env, cfg.path(cfg.ingest.key_file))
     remote = remote_for(source, cfg.pull)
     summary = pull(remote, Path(args.cohort), Path(args.out), cfg.classes, key, cfg.pull)
     for row in summary.rows:

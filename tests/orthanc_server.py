@@ -13,10 +13,7 @@ plugin is not installed.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -28,6 +25,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.processes import free_port, log_tail, stop
+
 PACKAGES = "orthanc orthanc-dicomweb"
 INSTALL = f"apt-get install {PACKAGES}"
 PLUGIN_GLOBS = (
@@ -36,7 +35,6 @@ PLUGIN_GLOBS = (
 )
 AET = "ORTHANC"
 STARTUP_TIMEOUT_S = 30
-STOP_TIMEOUT_S = 20
 
 
 @dataclass(frozen=True)
@@ -118,13 +116,6 @@ class Orthanc:
         reply.raise_for_status()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def dicomweb_plugin() -> Path | None:
     """The DICOMweb plugin's shared library, None when it is not installed."""
     for pattern in PLUGIN_GLOBS:
@@ -174,22 +165,6 @@ def _config(folder: Path, http_port: int, dicom_port: int, users: dict[str, str]
     }
 
 
-def _log_tail(log: Path, chars: int = 3000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.is_file() else "(no log)"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM Orthanc's process group, SIGKILL it if it does not exit in time."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @contextmanager
 def running_orthanc(folder: Path, users: dict[str, str] | None = None) -> Iterator[Orthanc]:
     """Start Orthanc in `folder` (created; its files removed at the end) and yield it.
@@ -227,7 +202,7 @@ def running_orthanc(folder: Path, users: dict[str, str] | None = None) -> Iterat
         _await(server, proc, log)
         yield server
     finally:
-        _stop(proc)
+        stop(proc)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -235,7 +210,7 @@ def _await(server: Orthanc, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with code {proc.returncode}:\n{_log_tail(log)}")
+            raise RuntimeError(f"Orthanc exited with code {proc.returncode}:\n{log_tail(log)}")
         try:
             reply = requests.get(f"{server.dicomweb_url}/studies", auth=server.auth, timeout=2)
             if reply.status_code in (200, 204):
@@ -243,7 +218,7 @@ def _await(server: Orthanc, proc: subprocess.Popen, log: Path) -> None:
         except requests.ConnectionError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"Orthanc did not answer in {STARTUP_TIMEOUT_S} s:\n{_log_tail(log)}")
+    raise RuntimeError(f"Orthanc did not answer in {STARTUP_TIMEOUT_S} s:\n{log_tail(log)}")
 
 
 @pytest.fixture

@@ -3,9 +3,6 @@ as the champion, the server started, awaited, stopped."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +21,12 @@ from tests.model_factory import (
     tiny_model,
     write_models_dir,
 )
+from tests.processes import free_port, log_tail, stop
 from tests.tool_env import project_env
 
 CHAMPION = "models:/myelomet@champion"
 CHAMPION_THRESHOLD = 0.4
 STARTUP_TIMEOUT_S = 120
-STOP_TIMEOUT_S = 20
 
 
 def register_tiny_champion(root: Path, experiment: str = "serve-test") -> str:
@@ -51,29 +48,6 @@ def register_tiny_champion(root: Path, experiment: str = "serve-test") -> str:
         store, logged.model_uri, "myelomet", logged.tags, "patient_auc", 0.8, None, 0.0
     )
     return store.tracking_uri
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _log_tail(log: Path, chars: int = 4000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.is_file() else "(no log)"
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it does not exit in time."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
 
 
 @contextmanager
@@ -123,7 +97,7 @@ def mlflow_model_server(
         _wait_until_up(url, proc, log, startup_timeout_s)
         yield url
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
@@ -131,7 +105,7 @@ def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(
-                f"mlflow models serve exited with {proc.returncode}:\n{_log_tail(log)}"
+                f"mlflow models serve exited with {proc.returncode}:\n{log_tail(log)}"
             )
         try:
             if requests.get(f"{url}/ping", timeout=2).status_code == 200:
@@ -139,4 +113,4 @@ def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float
         except (requests.ConnectionError, requests.Timeout):
             pass  # not listening yet, or busy loading the model
         time.sleep(0.5)
-    raise RuntimeError(f"mlflow models serve: no /ping within {timeout_s:g} s:\n{_log_tail(log)}")
+    raise RuntimeError(f"mlflow models serve: no /ping within {timeout_s:g} s:\n{log_tail(log)}")

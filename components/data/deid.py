@@ -81,7 +81,7 @@ def study_key(dicom_root: Path, env_var: str, key_file: Path, exclude: Path | No
         OSError: the key file can't be read or created.
     """
     if os.environ.get(env_var) is not None:
-        return _real_key(env_var, key_file)
+        return real_data_key(env_var, key_file)
     if not Path(dicom_root).is_dir():
         raise FileNotFoundError(f"{dicom_root}: DICOM root is not a folder; check --dicom-root")
     files = list_files(Path(dicom_root), exclude=exclude)
@@ -95,11 +95,12 @@ def study_key(dicom_root: Path, env_var: str, key_file: Path, exclude: Path | No
             f"patients; set {env_var} to a secret key (it then names every file), or ingest the "
             "synthetic cohort and your own data from separate folders"
         )
-    return _real_key(env_var, key_file)
+    return real_data_key(env_var, key_file)
 
 
-def _real_key(env_var: str, key_file: Path) -> bytes:
-    """`load_key`'s key, refused when it is the public demo key."""
+def real_data_key(env_var: str, key_file: Path) -> bytes:
+    """`load_key`'s key for real patients' files (ingested or pulled from a PACS), refused
+    when it is the public demo key."""
     key = load_key(env_var, key_file)
     if key == DEMO_KEY:
         raise ValueError(

@@ -25,7 +25,6 @@ from pydicom.uid import UID
 from tqdm import tqdm
 
 from components.config import PullConfig
-from components.data.deid import DEMO_KEY, load_key
 from components.data.dicom_warnings import quiet_dicom_library
 from components.pacs.cohort import CohortRow, read_cohort
 from components.pacs.deidentify import (
@@ -88,22 +87,6 @@ class PullSummary:
     def ok(self) -> bool:
         """Something could be pulled: at least one row is complete or partly received."""
         return any(r.received > 0 for r in self.rows)
-
-
-def pull_key(env_var: str, key_file: Path) -> bytes:
-    """The key ingest will use for the pulled tree (`deid.load_key`): never the public demo
-    key, since the pulled files are real patients' whatever they portray.
-
-    Raises:
-        ValueError: the key is the demo key, blank or too short.
-    """
-    key = load_key(env_var, key_file)
-    if key == DEMO_KEY:
-        raise ValueError(
-            f"the key from {env_var} or {key_file} is the public demo key; set a secret key "
-            "of your own for data from a PACS"
-        )
-    return key
 
 
 def remote_for(source: Source, cfg: PullConfig) -> Remote:

@@ -25,7 +25,8 @@ from bench.bench_phi_leak import find_leaks
 from components.data.ingest import ingest
 from myelomet.cli import main
 from tests import dicom_factory as factory
-from tests.orthanc_server import Orthanc, free_port, running_orthanc
+from tests.orthanc_server import Orthanc, running_orthanc
+from tests.processes import free_port
 
 pytestmark = pytest.mark.slow
 

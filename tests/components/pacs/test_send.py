@@ -20,7 +20,8 @@ from components.pacs.source import PASSWORD_ENV, USER_ENV
 from myelomet.cli import main
 from tests.components.pacs.answers_support import write_series
 from tests.dicom_factory import Phi
-from tests.orthanc_server import Orthanc, free_port, missing_packages, running_orthanc
+from tests.orthanc_server import Orthanc, missing_packages, running_orthanc
+from tests.processes import free_port
 from tests.serving_server import register_tiny_champion
 
 
