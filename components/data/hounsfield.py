@@ -78,8 +78,10 @@ def _checked_range(values: np.ndarray, padding: np.ndarray) -> np.ndarray:
     if low < HU_RANGE[0] or high > HU_RANGE[1]:
         raise DicomRejected(
             RejectReason.BAD_RESCALE,
-            f"Hounsfield units {low:.0f}..{high:.0f} after rescale lie outside the "
-            f"{HU_RANGE[0]}..{HU_RANGE[1]} a CT scanner produces; check RescaleSlope and "
+            # the values themselves are not quoted: a number typed into RescaleIntercept
+            # (a date, a record number) would come back in them
+            f"Hounsfield units after rescale reach {'below' if low < HU_RANGE[0] else 'above'} "
+            f"the {HU_RANGE[0]}..{HU_RANGE[1]} a CT scanner produces; check RescaleSlope and "
             "RescaleIntercept",
         )
     return values

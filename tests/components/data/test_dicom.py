@@ -161,8 +161,9 @@ def test_unknown_syntax_detail_says_how_to_convert(tmp_path):
         (0.0, -1024.0, "RescaleSlope is 0.0"),
         (float("nan"), -1024.0, "RescaleSlope is nan"),
         (1.0, float("inf"), "RescaleIntercept is inf"),
-        (1.0, 1e6, "outside the -4096..32767"),
-        (1000.0, 0.0, "outside the -4096..32767"),
+        (1.0, 19510317.0, "above the -4096..32767"),
+        (1000.0, 0.0, "above the -4096..32767"),
+        (1.0, -19510317.0, "below the -4096..32767"),
     ],
 )
 def test_physically_impossible_rescale_is_rejected(tmp_path, slope, intercept, says):
@@ -171,6 +172,7 @@ def test_physically_impossible_rescale_is_rejected(tmp_path, slope, intercept, s
         read_ct(path)
     assert caught.value.reason == RejectReason.BAD_RESCALE
     assert says in caught.value.detail
+    assert "1951" not in caught.value.detail  # a date typed as the intercept is not quoted
 
 
 def test_declared_pixel_padding_is_not_held_to_the_hu_range(tmp_path):
