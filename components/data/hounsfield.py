@@ -80,8 +80,8 @@ def _checked_range(values: np.ndarray, padding: np.ndarray) -> np.ndarray:
             RejectReason.BAD_RESCALE,
             # the values themselves are not quoted: a number typed into RescaleIntercept
             # (a date, a record number) would come back in them
-            f"Hounsfield units after rescale reach {'below' if low < HU_RANGE[0] else 'above'} "
-            f"the {HU_RANGE[0]}..{HU_RANGE[1]} a CT scanner produces; check RescaleSlope and "
+            f"Hounsfield units after rescale reach {_beyond(low, high)} the "
+            f"{HU_RANGE[0]}..{HU_RANGE[1]} a CT scanner produces; check RescaleSlope and "
             "RescaleIntercept",
         )
     return values
@@ -134,3 +134,11 @@ def frame_lut(ds: Dataset, frame: int) -> Dataset:
         if keyword in item:
             setattr(lut, keyword, item[keyword].value)
     return lut
+
+
+def _beyond(low: float, high: float) -> str:
+    """Which side(s) of HU_RANGE the values reach."""
+    sides = [
+        word for word, out in (("below", low < HU_RANGE[0]), ("above", high > HU_RANGE[1])) if out
+    ]
+    return " and ".join(sides)

@@ -162,7 +162,7 @@ def test_unknown_syntax_detail_says_how_to_convert(tmp_path):
         (float("nan"), -1024.0, "RescaleSlope is nan"),
         (1.0, float("inf"), "RescaleIntercept is inf"),
         (1.0, 19510317.0, "above the -4096..32767"),
-        (1000.0, 0.0, "above the -4096..32767"),
+        (1000.0, 0.0, "below and above the -4096..32767"),
         (1.0, -19510317.0, "below the -4096..32767"),
     ],
 )
