@@ -1,5 +1,6 @@
 import base64
 import json
+import os
 
 import keras
 import numpy as np
@@ -348,3 +349,19 @@ def test_per_series_is_the_mean_slice_probability_at_the_patient_threshold(predi
     empty = rows[str(study / "empty")]
     assert (empty["n_slices"], empty["n_rejected"]) == (0, 1) and "error" in empty
     assert not any(uid in json.dumps(list(rows.values())) for uid in uids)
+
+
+def test_a_fifo_among_the_files_is_answered_at_once_with_its_own_error(
+    predictor, ct_files, tmp_path
+):
+    # predict and serving open only regular files: a FIFO would block the read forever
+    os.mkfifo(tmp_path / "pipe.dcm")
+    (tmp_path / "link.dcm").symlink_to(tmp_path / "pipe.dcm")
+    rows = predictor.predict_sources([tmp_path / "pipe.dcm", ct_files[0], tmp_path / "link.dcm"])
+
+    assert [r.get("error", "").split(":")[0] for r in rows] == [
+        "not_regular_file",
+        "",
+        "not_regular_file",
+    ]
+    assert 0.0 <= rows[1]["p_mm"] <= 1.0
