@@ -46,6 +46,7 @@ KIND_TAG = "myelomet.kind"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 OWNER_TAG = "myelomet.owner"
+ENV_URI = "MLFLOW_TRACKING_URI"  # the user's choice of store: it wins over params.yaml
 PARENT_TAG = "mlflow.parentRunId"
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 # What MLflow raises (no such run, model or alias; a store that refuses): code outside this
@@ -82,7 +83,7 @@ def resolve_store(cfg: TrackingConfig, root: Path) -> Store:
         cfg: the tracking section.
         root: project root, against which relative paths are resolved.
     """
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+    uri = os.environ.get(ENV_URI) or cfg.uri
     uri, local = _resolve_local(uri, root)
     artifacts = Path(cfg.artifacts)
     artifacts = artifacts if artifacts.is_absolute() else root / artifacts
@@ -171,6 +172,19 @@ def require_run(store: Store, run_id: str) -> None:
     check_not_moved(store)
 
 
+def _point_mlflow_at(uri: str) -> None:
+    """Set MLflow's tracking URI in this process, leaving MLFLOW_TRACKING_URI as the user set
+    it: `mlflow.set_tracking_uri` also exports it, and `resolve_store` reads it as the user's
+    choice, so the next project in the same process (a Prefect worker, a notebook) would
+    otherwise log into this one's store."""
+    user_uri = os.environ.get(ENV_URI)
+    mlflow.set_tracking_uri(uri)
+    if user_uri is None:
+        os.environ.pop(ENV_URI, None)
+    else:
+        os.environ[ENV_URI] = user_uri
+
+
 def connect(store: Store) -> str:
     """Point MLflow at the store and return the experiment id, creating the experiment.
 
@@ -184,7 +198,7 @@ def connect(store: Store) -> str:
     folder = store_folder(store)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(store.tracking_uri)
+    _point_mlflow_at(store.tracking_uri)
     client = MlflowClient(store.tracking_uri)
     experiment = client.get_experiment_by_name(store.experiment)
     if experiment is None:

@@ -42,6 +42,24 @@ def test_environment_uri_wins(tmp_path, monkeypatch):
     assert store.artifact_location is None  # the server decides
 
 
+def test_a_second_project_in_the_same_process_logs_into_its_own_store(tmp_path, monkeypatch):
+    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; were it left set, the next
+    # project's resolve_store would take it for the user's choice and log into the first store
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    first = tracking.resolve_store(TrackingConfig(experiment="test"), tmp_path / "a")
+    tracking.connect(first)
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    second = tracking.resolve_store(TrackingConfig(experiment="test"), tmp_path / "b")
+    assert second.tracking_uri == f"sqlite:///{tmp_path}/b/mlruns/mlflow.db"
+
+
+def test_the_users_own_tracking_uri_is_kept_by_connect(tmp_path, monkeypatch):
+    users = f"sqlite:///{tmp_path}/shared/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", users)
+    tracking.connect(tracking.resolve_store(TrackingConfig(experiment="test"), tmp_path))
+    assert os.environ["MLFLOW_TRACKING_URI"] == users
+
+
 def test_flatten_nested_params():
     assert tracking.flatten({"a": 1, "b": {"c": [1, 2], "d": {"e": None}}}) == {
         "a": "1",
