@@ -4,7 +4,7 @@
 VENV ?= .venv
 PYTHON ?= python3
 # The extras `make install` puts in the venv: those requirements.lock pins.
-EXTRAS := dev ray jax
+EXTRAS := train serve group dev ray jax
 LOCK := requirements.lock
 BIN := $(abspath $(VENV))/bin
 CACHE := $(CURDIR)/.cache

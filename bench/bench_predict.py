@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import tracking  # noqa: E402
 from components.config import BACKBONES, Config, TrackingConfig  # noqa: E402
-from components.registry import promotion, pyfunc  # noqa: E402
+from components.registry import candidate_model, promotion  # noqa: E402
 from components.training.backbones import build_model  # noqa: E402
 from tests.dicom_factory import stored_pixels, write_plain  # noqa: E402
 from tests.model_factory import Candidate  # noqa: E402
@@ -55,7 +55,7 @@ def _register(root: Path, backbone: str, size: int) -> str:
     metrics = {"image_size": size, "data_version": "bench", "weights": "random"}
     (folder / "metrics.json").write_text(json.dumps(metrics))
     store = tracking.resolve_store(TrackingConfig(experiment="bench"), root)
-    logged = pyfunc.log_candidate(
+    logged = candidate_model.log_candidate(
         store,
         tracking.start_study(store, "bench"),
         Candidate(backbone, (backbone,), {"slice": 0.5}),

@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from components import tracking
-from components.registry import promotion, pyfunc
+from components.registry import candidate_model, promotion
 from tests.model_factory import (
     BACKBONE,
     Candidate,
@@ -43,7 +43,7 @@ def register_tiny_champion(root: Path, experiment: str = "serve-test") -> str:
     models_dir = write_models_dir(root, tiny_model())
     study = tracking.start_study(store, "serve")
     candidate = Candidate(BACKBONE, (BACKBONE,), {"slice": CHAMPION_THRESHOLD})
-    logged = pyfunc.log_candidate(store, study, candidate, models_config(models_dir))
+    logged = candidate_model.log_candidate(store, study, candidate, models_config(models_dir))
     promotion.register_and_promote(
         store, logged.model_uri, "myelomet", logged.tags, "patient_auc", 0.8, None, 0.0
     )

@@ -38,13 +38,9 @@ from components.registered_models import (
     tag_version,
     version_by_alias,
 )
+from components.registry.candidate_model import log_candidate
 from components.registry.model_card import CARD_FILE, model_card
-from components.registry.pyfunc import (
-    CANDIDATE_TAG,
-    DATA_VERSION_TAG,
-    load_predictor,
-    log_candidate,
-)
+from components.registry.pyfunc import CANDIDATE_TAG, DATA_VERSION_TAG, load_predictor
 from components.registry_outcome import RegistryOutcome
 from components.tracking import Store, connect, resolve_store, store_folder
 from components.training.batches import data_paths, data_version

@@ -5,24 +5,19 @@ scoring server's JSON) or a string column `path`, and an optional `name` per row
 row per slice: file, frame, p_<positive>, label, threshold, error. Inside it is a
 `serving.Predictor` built from the members' `model.keras` files and a JSON `ServingSpec`, both
 logged as artifacts; the `components` package travels with it (`code_paths`), so
-`mlflow models serve` works from any folder. Here too: its signature and pinned requirements,
-logging a candidate as this pyfunc, and loading the Predictor back.
+`mlflow models serve` works from any folder. Here too: its signature, and loading the
+Predictor back; `candidate_model` logs a candidate as this pyfunc.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import pickle
-import tempfile
 import traceback
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import mlflow
 import pandas as pd
@@ -31,12 +26,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
-from components.artifacts import METRICS_FILE, MODEL_FILE
-from components.config import Config
 from components.data.rejects import DicomRejected, RejectReason
 from components.registered_models import download_model
-from components.registry.serving import MemberSpec, Predictor, ServingSpec, Source
-from components.tracking import Store, candidate_run, connect, git_commit
+from components.registry.serving import Predictor, ServingSpec, Source
 from components.training.backbones import ModelFileError
 
 MODEL_ARTIFACT = "model"
@@ -60,20 +52,6 @@ MAX_REQUEST_BYTES_ENV = "MYELOMET_MAX_REQUEST_BYTES"
 ALLOW_PATHS_ENV = "MYELOMET_SERVE_ALLOW_PATHS"
 # Set to "true" by MLflow's scoring server (and `mlflow models predict`) before it serves.
 _SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"
-
-_PINNED = (
-    "mlflow",
-    "numpy",
-    "pandas",
-    "pillow",
-    "pydantic",
-    "pyyaml",
-    "pydicom",
-    "pylibjpeg",
-    "pylibjpeg-libjpeg",
-    "pylibjpeg-openjpeg",
-    "pylibjpeg-rle",
-)
 
 _log = logging.getLogger(__name__)
 
@@ -132,7 +110,7 @@ class MyelometModel(mlflow.pyfunc.PythonModel):
                 MYELOMET_MAX_REQUEST_BYTES is not a positive integer.
         """
         spec = ServingSpec.from_json(Path(context.artifacts[SPEC_ARTIFACT]).read_text())
-        files = [Path(context.artifacts[_model_key(m.backbone)]) for m in spec.members]
+        files = [Path(context.artifacts[model_key(m.backbone)]) for m in spec.members]
         self.predictor = Predictor.load(spec, files)
         limit = os.environ.get(MAX_REQUEST_BYTES_ENV, str(MAX_REQUEST_BYTES))
         if not limit.isdigit() or int(limit) == 0:
@@ -257,9 +235,14 @@ def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def _model_key(member: str) -> str:
+def model_key(member: str) -> str:
     """A member's artifact name: `keras_<backbone>`, a fold model's `keras_fold-<f>.<backbone>`."""
     return f"keras_{member.replace('/', '.')}"
+
+
+def onnx_key(member: str) -> str:
+    """A member's ONNX artifact name: `onnx_<backbone>`, a fold model's `onnx_fold-<f>.<b>`."""
+    return f"onnx_{member.replace('/', '.')}"
 
 
 def signature(probability_key: str) -> ModelSignature:
@@ -284,157 +267,6 @@ def signature(probability_key: str) -> ModelSignature:
         ]
     )
     return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def pip_requirements() -> list[str]:
-    """The served model's requirements, pinned to the versions installed here: the active
-    Keras backend's framework and Keras, then the rest."""
-    from components.training.runtime import framework_requirements
-
-    pins = framework_requirements()
-    for dist in _PINNED:
-        try:
-            pins.append(f"{dist}=={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            continue  # an optional decoder plugin that is not installed here
-    return pins
-
-
-@dataclass(frozen=True)
-class LoggedCandidate:
-    """A candidate logged as a pyfunc, ready for `register_and_promote`.
-
-    Attributes:
-        model_uri: the logged model's URI (models:/m-...).
-        run_id: the candidate's run, a child of the study run.
-        tags: candidate, backbones, data_version, weights, git_commit and thresholds, for the
-            model version.
-    """
-
-    model_uri: str
-    run_id: str
-    tags: dict[str, str]
-
-
-def _member_metrics(models_dir: Path, backbone: str) -> dict[str, Any]:
-    folder = models_dir / backbone
-    for name in (MODEL_FILE, METRICS_FILE):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(
-                f"{folder / name}: not found; run `myelomet train` for {backbone}"
-            )
-    return json.loads((folder / METRICS_FILE).read_text())
-
-
-class Candidate(Protocol):
-    """What `log_candidate` needs of an evaluated candidate (`CandidateResult` has it).
-
-    Attributes:
-        name: a backbone or `ensemble`.
-        members: its models: backbones, or with cross-validation fold models
-            `fold-<f>/<backbone>`.
-        thresholds: level -> threshold chosen on validation.
-    """
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def members(self) -> Sequence[str]: ...
-
-    @property
-    def thresholds(self) -> Mapping[str, float]: ...
-
-
-def log_candidate(
-    store: Store,
-    parent_run_id: str,
-    candidate: Candidate,
-    cfg: Config,
-    data_version: str | None = None,
-) -> LoggedCandidate:
-    """Log a candidate as the pyfunc in its run of the study (`tracking.candidate_run`).
-
-    The models are loaded and traced once here, with the code `load_context` runs, so a
-    candidate that cannot be served fails before it is registered.
-
-    Args:
-        store: the MLflow store.
-        parent_run_id: the study's run; the registration run is its child.
-        candidate: the evaluated candidate, its models and thresholds.
-        cfg: the params its models were trained with: the models under
-            `training.models_out/<member>/model.keras`, the input's channel windows and
-            crop, `classes` (the order of the softmax outputs), `positive_class`, and the
-            project root (for the git commit tag).
-        data_version: with cross-validation, the version of the whole split (the fold
-            models each trained on their fold's); the members must then be fold models.
-
-    Returns:
-        The logged model's URI, the candidate's run and the tags for its model version.
-
-    Raises:
-        FileNotFoundError: a member has no model.keras or metrics.json.
-        ValueError: the members were trained on different data, or the models do not fit
-            the spec.
-    """
-    members = tuple(candidate.members)
-    models_dir = cfg.path(cfg.training.models_out)
-    windows, crop = tuple(cfg.input.channel_windows()), cfg.input.crop
-    info = {b: _member_metrics(models_dir, b) for b in members}
-    versions = {m["data_version"] for m in info.values()}
-    if data_version is not None:
-        if not all(m.startswith("fold-") for m in members):
-            raise ValueError(f"members {list(members)} are not fold models (fold-<f>/<backbone>)")
-        versions = {data_version}
-    elif len(versions) != 1:
-        raise ValueError(
-            f"members {list(members)} were trained on different data versions {sorted(versions)}; "
-            "retrain them on the same split"
-        )
-    spec = ServingSpec(
-        candidate=candidate.name,
-        members=tuple(
-            MemberSpec(
-                backbone=b, image_size=int(info[b]["image_size"]), windows=windows, crop=crop
-            )
-            for b in members
-        ),
-        classes=tuple(cfg.classes),
-        positive_class=cfg.positive_class,
-        thresholds={k: float(v) for k, v in candidate.thresholds.items()},
-        keras_backend=",".join(sorted({str(info[b].get("keras_backend", "")) for b in members})),
-    )
-    model_files = {b: models_dir / b / MODEL_FILE for b in members}
-    Predictor.load(spec, list(model_files.values()))
-    tags = {
-        CANDIDATE_TAG: candidate.name,
-        BACKBONES_TAG: ",".join(members),
-        DATA_VERSION_TAG: versions.pop(),
-        WEIGHTS_TAG: ",".join(str(info[b].get("weights")) for b in members),
-        GIT_COMMIT_TAG: git_commit(cfg.root) or "none",
-        BACKEND_TAG: spec.keras_backend,
-        **{f"threshold.{k}": f"{v:.6g}" for k, v in spec.thresholds.items()},
-    }
-    connect(store)
-    run_id = candidate_run(
-        store, parent_run_id, candidate.name, members, cross_validated=data_version is not None
-    )
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id) as run:
-        mlflow.set_tags(tags)
-        spec_file = Path(tmp) / SPEC_FILE
-        spec_file.write_text(spec.model_dump_json(indent=2))
-        logged = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT,
-            python_model=MyelometModel(),
-            artifacts={
-                SPEC_ARTIFACT: str(spec_file),
-                **{_model_key(b): str(f) for b, f in model_files.items()},
-            },
-            code_paths=[str(Path(__file__).resolve().parents[1])],
-            signature=signature(spec.probability_key),
-            pip_requirements=pip_requirements(),
-        )
-    return LoggedCandidate(logged.model_uri, run.info.run_id, tags)
 
 
 def load_predictor(model_uri: str, tracking_uri: str | None = None) -> Predictor:

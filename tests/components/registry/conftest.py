@@ -8,7 +8,7 @@ import yaml
 
 from components import tracking
 from components.config import TrackingConfig
-from components.registry.pyfunc import log_candidate
+from components.registry.candidate_model import log_candidate
 from tests.components.registry.registry_support import THRESHOLDS
 from tests.dicom_factory import write_ct_files
 from tests.model_factory import (

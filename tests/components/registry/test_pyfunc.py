@@ -18,11 +18,11 @@ from mlflow.tracking import MlflowClient
 
 from components import tracking
 from components.data.dicom import read_ct
+from components.registry.candidate_model import log_candidate
 from components.registry.pyfunc import (
     ALLOW_PATHS_ENV,
     MAX_REQUEST_BYTES_ENV,
     RequestRefused,
-    log_candidate,
 )
 from tests.components.registry.registry_support import THRESHOLDS, keras_p, run_cli
 from tests.dicom_factory import write_mr, write_multiframe, write_plain, write_raw_attribute
