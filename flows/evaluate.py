@@ -9,18 +9,13 @@ page, and a summary artifact in the Prefect UI.
 from __future__ import annotations
 
 import json
-from contextlib import AbstractContextManager, nullcontext, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_client, task
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-from prefect.concurrency.sync import concurrency
-from prefect.exceptions import ObjectAlreadyExists
-from prefect.settings import get_current_settings
 
 from components import tracking
 from components.artifacts import STUDY_FILE
@@ -35,7 +30,6 @@ from components.registry_outcome import RegistryOutcome
 from components.training.batches import data_paths, data_version
 
 ARTIFACT_KEY = "study-results"
-PROMOTION_LIMIT_PREFIX = "myelomet-promotion-"
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
@@ -67,21 +61,10 @@ def log_candidates(cfg: Config, results: EvaluationResults, parent_run_id: str) 
 
 @task(name="register-and-promote", **_TASK)
 def register(cfg: Config, results: EvaluationResults, parent_run_id: str) -> RegistryOutcome:
-    with promotion_slot(cfg.evaluation.registered_model):
-        return promotion.register_selected(cfg, results, parent_run_id)
-
-
-def promotion_slot(model_name: str) -> AbstractContextManager[None]:
-    """One promotion of `model_name` at a time among the flows of one Prefect server: a
-    global concurrency limit of 1 (created on first use) where PREFECT_API_URL names a
-    server. The registry's own file lock covers processes that share a local store; this
-    covers machines that share a tracking server. Without a server, nothing."""
-    if not get_current_settings().api.url:
-        return nullcontext()
-    name = f"{PROMOTION_LIMIT_PREFIX}{model_name}"
-    with get_client(sync_client=True) as client, suppress(ObjectAlreadyExists):
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-    return concurrency(name, occupy=1, strict=True)
+    """Register the selected candidate. Two evaluates at once, from any machines, cannot
+    both take champion: the store refuses the second claim on the promotion ledger
+    (`components.registry.promotion`), and its evaluate decides again."""
+    return promotion.register_selected(cfg, results, parent_run_id)
 
 
 @task(name="grad-cam", **_TASK)

@@ -5,15 +5,21 @@ beats the champion on the same test set (recorded values when both were tested o
 data version, else the champion re-scored on the current test set), by more than zero and at
 least `min_improvement`; otherwise it becomes `challenger`. The comparison is written as
 `promotion.*` tags on the new version. The registered model itself is `pyfunc.MyelometModel`.
+
+Who is champion is the promotion ledger's newest entry (`registered_models.promotion_ledger`);
+the alias follows it. A version that earns champion claims the ledger's next generation, a
+compare-and-set the store enforces, so two evaluates at once (two processes, two machines on
+one tracking server) cannot both take it: the one whose claim is refused reads the new
+champion and decides again against it. Only a claimant moves the `champion` alias (again
+while the ledger's head moves, so a late write is corrected), and a first decision is made
+against the version the alias names: an alias moved by hand in the MLflow UI (a rollback)
+stands until a version beats it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import fcntl
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +37,14 @@ from components.metric_names import (
     parse_metric_name,
 )
 from components.registered_models import (
+    LedgerHead,
     RegisteredVersion,
+    claim_generation,
     describe_version,
+    ledger_head,
+    promotion_ledger,
     register_version,
+    registered_version,
     set_alias,
     tag_version,
     version_by_alias,
@@ -42,33 +53,15 @@ from components.registry.candidate_model import log_candidate
 from components.registry.model_card import CARD_FILE, model_card
 from components.registry.pyfunc import CANDIDATE_TAG, DATA_VERSION_TAG, load_predictor
 from components.registry_outcome import RegistryOutcome
-from components.tracking import Store, connect, resolve_store, store_folder
+from components.tracking import Store, connect, resolve_store
 from components.training.batches import data_paths, data_version
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 TEST_TAG_PREFIX = "test."
 PROMOTION_PREFIX = "promotion."
-# Next to a local tracking database: held while a version is registered and promoted.
-PROMOTION_LOCK = ".promotion.lock"
-
-
-@contextlib.contextmanager
-def _promotion_lock(store: Store) -> Iterator[None]:
-    """Serialise decide-and-set-alias between processes that share a local store: an
-    exclusive lock on a file next to the sqlite database (or in the file store). A remote
-    tracking server has no such file; there the alias is read back after it is set."""
-    folder = store_folder(store)
-    if folder is None:
-        yield
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / PROMOTION_LOCK).open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+# Claims lost in a row (each to a promotion made meanwhile) before register_and_promote gives up.
+MAX_CLAIMS = 20
 
 
 @dataclass(frozen=True)
@@ -119,6 +112,30 @@ def _decide(
     )
 
 
+def _champion(
+    store: Store, name: str, head: LedgerHead, overtaken: bool
+) -> RegisteredVersion | None:
+    """What a version is compared with: the version the alias names (set by the last
+    promotion, or by hand), or, once a claim was refused, the ledger's head, the promotion
+    that won meanwhile and may not have moved the alias yet."""
+    if overtaken and head.version is not None:
+        return registered_version(store, name, head.version)
+    return version_by_alias(store, name, CHAMPION)
+
+
+def _project_champion(store: Store, name: str, ledger: str) -> None:
+    """Point the `champion` alias at the ledger's head, again while the head moves: an alias
+    written late (after a newer promotion's) is overwritten by the newer head."""
+    written = None
+    for _ in range(MAX_CLAIMS):
+        head = ledger_head(store, ledger)
+        if head == written or head.version is None:
+            return
+        if registered_version(store, name, head.version) is not None:
+            set_alias(store, name, CHAMPION, head.version)
+        written = head
+
+
 def register_and_promote(
     store: Store,
     model_uri: str,
@@ -148,7 +165,9 @@ def register_and_promote(
         What happened, for the study report.
 
     Raises:
-        ValueError: tags lack candidate or data_version, or the metric name is invalid.
+        ValueError: tags lack candidate or data_version, the metric name is invalid, or the
+            promotion ledger's experiment is deleted.
+        RuntimeError: MAX_CLAIMS other promotions in a row took champion first.
     """
 
     missing = [t for t in (CANDIDATE_TAG, DATA_VERSION_TAG) if t not in tags]
@@ -156,14 +175,17 @@ def register_and_promote(
         raise ValueError(f"tags lack {missing}; pass LoggedCandidate.tags")
     parse_metric_name(test_metric_name)
     connect(store)
-    with _promotion_lock(store):
-        champion = version_by_alias(store, name, CHAMPION)
-        champion_version = str(champion.version) if champion is not None else None
-        version_tags = {
-            **{k: str(v) for k, v in tags.items()},
-            f"{TEST_TAG_PREFIX}{test_metric_name}": repr(float(new_test_value)),
-        }
-        version = register_version(store, model_uri, name, version_tags)
+    version_tags = {
+        **{k: str(v) for k, v in tags.items()},
+        f"{TEST_TAG_PREFIX}{test_metric_name}": repr(float(new_test_value)),
+    }
+    ledger = promotion_ledger(store, name)
+    version = register_version(store, model_uri, name, version_tags)
+    overtaken: list[str] = []  # champions promoted between this one's decision and claim
+    for _ in range(MAX_CLAIMS):
+        head = ledger_head(store, ledger)
+        champion = _champion(store, name, head, bool(overtaken))
+        champion_version = champion.version if champion is not None else None
         decision = _decide(
             champion,
             tags[DATA_VERSION_TAG],
@@ -173,33 +195,42 @@ def register_and_promote(
             min_improvement,
             name,
         )
-        alias = CHAMPION if decision.promote else CHALLENGER
-        set_alias(store, name, alias, version)
-        holder = version_by_alias(store, name, CHAMPION)
-        if alias == CHAMPION and (holder is None or str(holder.version) != version):
-            # another writer without this lock (a remote store) moved the alias meanwhile
+        if not decision.promote:
             alias = CHALLENGER
-            set_alias(store, name, alias, version)
-            decision = dataclasses.replace(
-                decision,
-                reason=f"version {holder.version if holder else '?'} took champion at the "
-                "same time; this one stays challenger",
-            )
-        promotion = {
-            "decision": alias,
-            "metric": test_metric_name,
-            "new_value": repr(float(new_test_value)),
-            "champion_version": champion_version or "none",
-            "champion_value": repr(decision.champion_value)
-            if decision.champion_value is not None
-            else "none",
-            "compared": decision.compared,
-            "min_improvement": repr(float(min_improvement)),
-            "reason": decision.reason,
-        }
-        tag_version(
-            store, name, version, {f"{PROMOTION_PREFIX}{k}": v for k, v in promotion.items()}
+            break
+        entry = f"{version} replaces {champion_version or 'none'}"
+        if claim_generation(store, ledger, head.generation + 1, entry):
+            alias = CHAMPION
+            break
+        overtaken.append(ledger_head(store, ledger).version or "?")
+    else:
+        raise RuntimeError(
+            f"{MAX_CLAIMS} other promotions of {name} took champion while version {version} "
+            "was being compared; it has no alias: run the evaluate stage again"
         )
+    if alias == CHALLENGER:
+        set_alias(store, name, CHALLENGER, version)
+    else:
+        _project_champion(store, name, ledger)
+    reason = decision.reason
+    if overtaken:
+        reason = (
+            f"version {', '.join(overtaken)} became champion while this one was compared; "
+            f"compared again: {reason}"
+        )
+    promotion = {
+        "decision": alias,
+        "metric": test_metric_name,
+        "new_value": repr(float(new_test_value)),
+        "champion_version": champion_version or "none",
+        "champion_value": repr(decision.champion_value)
+        if decision.champion_value is not None
+        else "none",
+        "compared": decision.compared,
+        "min_improvement": repr(float(min_improvement)),
+        "reason": reason,
+    }
+    tag_version(store, name, version, {f"{PROMOTION_PREFIX}{k}": v for k, v in promotion.items()})
     return RegistryOutcome(
         model_name=name,
         version=version,
@@ -209,7 +240,7 @@ def register_and_promote(
         value=float(new_test_value),
         previous_version=champion_version,
         previous_value=decision.champion_value,
-        reason=decision.reason,
+        reason=reason,
     )
 
 

@@ -19,14 +19,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect import get_client
 from prefect.artifacts import Artifact
-from prefect.concurrency.sync import concurrency
 
 from components import tracking
 from components.artifacts import STUDY_FILE
 from components.config import load_config
-from flows.evaluate import ARTIFACT_KEY, PROMOTION_LIMIT_PREFIX, evaluate, promotion_slot
+from flows.evaluate import ARTIFACT_KEY, evaluate
 from tests.flows.trained_project import TRAINED_BACKBONES, TrainedProject
 from tests.offline_html import assert_offline
 from tests.project_factory import copy_project, update_params
@@ -223,17 +221,6 @@ def test_the_selected_candidate_is_registered_as_champion_version_1(project, fir
     assert registration.data.tags["mlflow.parentRunId"] == parent
     study_files = {a.path for a in client.list_artifacts(parent, "study")}
     assert {"study/study.html", "study/metrics.json"} <= study_files
-
-
-def test_promotion_holds_a_prefect_global_concurrency_limit_of_one(first):
-    name = f"{PROMOTION_LIMIT_PREFIX}{MODEL_NAME}"
-    with get_client(sync_client=True) as client:
-        limit = client.read_global_concurrency_limit_by_name(name)
-    assert (limit.limit, limit.active_slots) == (1, 0)  # created by the flow, and released
-
-    second = concurrency(name, occupy=1, timeout_seconds=2, strict=True)
-    with promotion_slot(MODEL_NAME), pytest.raises(TimeoutError), second:
-        pass  # a second promotion waits while the first holds the slot
 
 
 def test_every_candidate_run_ranks_in_mlflow_by_its_test_metrics(project, first):

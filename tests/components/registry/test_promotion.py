@@ -1,8 +1,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,6 @@ from tests.model_factory import (
     tiny_model,
     write_models_dir,
 )
-from tests.tool_env import project_env
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -314,56 +311,3 @@ def test_a_moved_project_is_detected_relocated_and_predicts(project, ct_files, t
     experiment = MlflowClient(store.tracking_uri).get_experiment(tracking.connect(store))
     assert experiment.artifact_location == (moved / "mlruns" / "artifacts").as_uri()
     assert cli("doctor", "--relocate")[1].endswith("(ok)\n")
-
-
-_PROMOTE_AT = """
-import json, os, sys, time
-from pathlib import Path
-from components.registry import promotion
-from components.tracking import Store
-uri, model_uri, tags, barrier = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-decide = promotion._decide
-def slow_decide(*args, **kwargs):  # widen the window between reading and setting the alias
-    time.sleep(2)
-    return decide(*args, **kwargs)
-promotion._decide = slow_decide
-Path(barrier, f"ready-{os.getpid()}").touch()  # a name of its own
-while len(list(Path(barrier).iterdir())) < 2:  # both reach the registry together
-    time.sleep(0.01)
-store = Store(uri, None, "registry-test")
-outcome = promotion.register_and_promote(
-    store, model_uri, "race", tags, "patient_auc", 0.9, None, 0.0
-)
-print(outcome.alias)
-"""
-
-
-@pytest.mark.slow  # two processes that each load TensorFlow and MLflow: 2.5 min on 2 cores
-def test_two_promotions_at_once_leave_exactly_one_champion(store, logged, tmp_path):
-    tags = json.dumps({**logged.tags, "data_version": "dv1"})
-    env = project_env({"PYTHONPATH": str(ROOT)}, drop_prefixes=("MLFLOW_",))
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _PROMOTE_AT,
-                store.tracking_uri,
-                logged.model_uri,
-                tags,
-                str(tmp_path),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for _ in range(2)
-    ]
-    outputs = [p.communicate(timeout=300) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outputs]
-    assert sorted(out.strip().splitlines()[-1] for out, _ in outputs) == ["challenger", "champion"]
-    decisions = [_tags(store, "race", v)["promotion.decision"] for v in ("1", "2")]
-    assert sorted(decisions) == ["challenger", "champion"]
-    champion = _aliases(store, "race")["champion"]
-    assert _tags(store, "race", champion)["promotion.decision"] == "champion"
