@@ -189,6 +189,7 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
     loaded or the destinations are wrong."""
     import json
 
+    from components.registry.engines import EngineUnavailable
     from components.registry.pyfunc import load_predictor
     from components.relocation import check_not_moved
     from components.tracking import TrackingError, check_store, resolve_store
@@ -212,7 +213,10 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
         check_store(store)
         check_not_moved(store)
     try:
-        predictor = load_predictor(model, store.tracking_uri)
+        predictor = load_predictor(model, store.tracking_uri, args.engine)
+    except EngineUnavailable as exc:
+        print(f"myelomet predict: error: {model}: {exc}", file=sys.stderr)
+        return 2
     except (TrackingError, TypeError) as exc:
         message = exc.message if isinstance(exc, TrackingError) else str(exc)
         print(
@@ -222,6 +226,13 @@ def _predict(args: argparse.Namespace, cfg: Config) -> int:
         )
         return 2
     predictor.max_frame_pixels = cfg.ingest.max_frame_pixels
+    if send_to and predictor.engine != "keras":
+        print(
+            "myelomet predict: error: --dicom-out, --stow and --cstore draw a Grad-CAM of each "
+            "series, which needs the models on Keras: use --engine keras",
+            file=sys.stderr,
+        )
+        return 2
     if send_to:
         results = predictor.series_with_slices(args.paths)
         rows: Iterable[dict] = [row for row, _ in results]
@@ -380,6 +391,13 @@ def _build_parser() -> argparse.ArgumentParser:
         help="with --per series: store the answers by C-STORE into this DICOM peer",
     )
     p.add_argument("--ca-bundle", help="CA certificates to trust for an https --stow URL")
+    p.add_argument(
+        "--engine",
+        choices=["keras", "onnx"],
+        help="run the models on Keras (the default where it is installed) or on onnxruntime "
+        "from the version's ONNX files (no TensorFlow or JAX; default of a serve install); "
+        "default: MYELOMET_ENGINE, else as said",
+    )
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("doctor", help="check the project's MLflow store after a move or copy")

@@ -3,10 +3,12 @@
 Its input is a DataFrame with a binary column `dicom` (the file's bytes; base64 strings in the
 scoring server's JSON) or a string column `path`, and an optional `name` per row. It returns one
 row per slice: file, frame, p_<positive>, label, threshold, error. Inside it is a
-`serving.Predictor` built from the members' `model.keras` files and a JSON `ServingSpec`, both
-logged as artifacts; the `components` package travels with it (`code_paths`), so
+`serving.Predictor` built from the members' `model.keras` files (or their ONNX files, on the
+onnx engine: `engines.choose_engine` says which) and a JSON `ServingSpec`, all logged as
+artifacts; the `components` package travels with it (`code_paths`), so
 `mlflow models serve` works from any folder. Here too: its signature, and loading the
-Predictor back; `candidate_model` logs a candidate as this pyfunc.
+Predictor back; `candidate_model` logs a candidate as this pyfunc. Importing this module
+imports no Keras, TensorFlow or JAX: a serve install (`myelomet[serve]`) has none.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from mlflow.types.schema import ColSpec, Schema
 
 from components.data.rejects import DicomRejected, RejectReason
 from components.registered_models import download_model
+from components.registry.engines import AUTO, ENGINE_CONFIG_KEY, choose_engine
 from components.registry.serving import Predictor, ServingSpec, Source
-from components.training.backbones import ModelFileError
+from components.training.model_files import ModelFileError
 
 MODEL_ARTIFACT = "model"
 SPEC_ARTIFACT = "serving_spec"
@@ -41,6 +44,11 @@ DATA_VERSION_TAG = "data_version"
 GIT_COMMIT_TAG = "git_commit"
 WEIGHTS_TAG = "weights"
 BACKEND_TAG = "keras_backend"
+
+# Logged with the model (`log_model(model_config=...)`): MLflow passes a load's model_config
+# (`load_model(..., model_config={"engine": "onnx"})`) to load_context only for the keys
+# logged here.
+MODEL_CONFIG = {ENGINE_CONFIG_KEY: AUTO}
 
 INPUT_COLUMNS = ("dicom", "path", "name")
 # The scoring server holds the whole request in memory; a reverse proxy in front should cap
@@ -103,15 +111,24 @@ class MyelometModel(mlflow.pyfunc.PythonModel):
         self.max_request_bytes = MAX_REQUEST_BYTES
 
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        """Load the members' keras models and the serving spec, and trace inference once.
+        """Load the serving spec and the members' models on the engine of the load's
+        model_config `engine`, else MYELOMET_ENGINE, else keras where Keras is installed
+        and onnx where it is not; then run inference once.
 
         Raises:
-            ValueError: the spec is unreadable, does not fit the models, or
-                MYELOMET_MAX_REQUEST_BYTES is not a positive integer.
+            ValueError: the spec is unreadable, does not fit the models, the engine is not
+                keras or onnx, or MYELOMET_MAX_REQUEST_BYTES is not a positive integer.
+            EngineUnavailable: the engine cannot run here, or onnx was asked of a version
+                without ONNX files.
+            ModelFileError: a model file is missing or cannot be loaded.
         """
         spec = ServingSpec.from_json(Path(context.artifacts[SPEC_ARTIFACT]).read_text())
-        files = [Path(context.artifacts[model_key(m.backbone)]) for m in spec.members]
-        self.predictor = Predictor.load(spec, files)
+        config = context.model_config or {}
+        has_onnx = all(onnx_key(m.backbone) in context.artifacts for m in spec.members)
+        engine = choose_engine(config.get(ENGINE_CONFIG_KEY), has_onnx)
+        key = onnx_key if engine == "onnx" else model_key
+        files = [Path(context.artifacts[key(m.backbone)]) for m in spec.members]
+        self.predictor = Predictor.load(spec, files, engine=engine)
         limit = os.environ.get(MAX_REQUEST_BYTES_ENV, str(MAX_REQUEST_BYTES))
         if not limit.isdigit() or int(limit) == 0:
             raise ValueError(f"{MAX_REQUEST_BYTES_ENV}={limit!r}: expected a positive integer")
@@ -269,30 +286,48 @@ def signature(probability_key: str) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=outputs)
 
 
-def load_predictor(model_uri: str, tracking_uri: str | None = None) -> Predictor:
+def load_predictor(
+    model_uri: str, tracking_uri: str | None = None, engine: str | None = None
+) -> Predictor:
     """The Predictor inside a registered or logged pyfunc (e.g. models:/myelomet@champion),
     looked up in `tracking_uri` (MLflow's current store when None).
+
+    Args:
+        model_uri: the model.
+        tracking_uri: its store.
+        engine: `keras` or `onnx`; None: as `load_context` chooses (MYELOMET_ENGINE, else
+            keras where Keras is installed).
 
     Raises:
         MlflowException: no model at the URI.
         ModelFileError: a file of the logged model is damaged (MLmodel, python_model.pkl,
-            model.keras).
+            model.keras, an ONNX file).
         TypeError: the model is not a myelomet pyfunc.
+        ValueError: engine is not keras or onnx.
+        EngineUnavailable: the engine cannot run here, or the version has no ONNX files.
     """
     local = download_model(model_uri, tracking_uri)
-    _check_model_files(Path(local), model_uri)
-    model = mlflow.pyfunc.load_model(local).unwrap_python_model()
+    logged = _check_model_files(Path(local), model_uri).get("config") or {}
+    config = None
+    if engine is not None and ENGINE_CONFIG_KEY in logged:
+        config = {ENGINE_CONFIG_KEY: engine}
+    elif engine is not None:  # logged before engines: Keras files only, loaded on the default
+        choose_engine(engine, has_onnx=False)
+    model = mlflow.pyfunc.load_model(local, model_config=config).unwrap_python_model()
     predictor = getattr(model, "predictor", None)
     if not isinstance(predictor, Predictor):
         raise TypeError(f"{model_uri} is not a myelomet model (no serving Predictor inside)")
     return predictor
 
 
-def _check_model_files(folder: Path, model_uri: str) -> None:
+def _check_model_files(folder: Path, model_uri: str) -> dict[str, Any]:
     """Read a downloaded pyfunc's MLmodel and unpickle its python model before MLflow loads
     them, so that a damaged file is named in one line (MLflow would raise whatever the bytes
     lead its parsers to: a YAML error, OverflowError, ...). A folder without MLmodel is left
     to MLflow, which says so.
+
+    Returns:
+        The MLmodel's python_function flavour (empty without MLmodel).
 
     Raises:
         ModelFileError: MLmodel is not a pyfunc's description, or the pickle cannot be read.
@@ -300,13 +335,11 @@ def _check_model_files(folder: Path, model_uri: str) -> None:
     again = "download it again or register a new one with `myelomet evaluate`"
     description = folder / "MLmodel"
     if not description.is_file():
-        return
+        return {}
     try:
-        pickled = (
-            folder
-            / yaml.safe_load(description.read_text())["flavors"]["python_function"]["python_model"]
-        )
-    except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError) as exc:
+        flavor = dict(yaml.safe_load(description.read_text())["flavors"]["python_function"])
+        pickled = folder / flavor["python_model"]
+    except (yaml.YAMLError, UnicodeDecodeError, TypeError, KeyError, ValueError) as exc:
         raise ModelFileError(
             f"MLmodel of {model_uri} is not the description of an MLflow python model "
             f"({type(exc).__name__}); the logged model is damaged: {again}"
@@ -321,3 +354,4 @@ def _check_model_files(folder: Path, model_uri: str) -> None:
             f"{problem}); the logged model is damaged or was saved by another version of "
             f"myelomet: {again}"
         ) from None
+    return flavor

@@ -1,10 +1,11 @@
 """Slice predictions from DICOM files with the trained models; nothing here knows MLflow.
 
-A `Predictor` holds the keras model of each member of a candidate (one backbone, or the
-members of the ensemble, whose positive-class probabilities it averages, as evaluation
-does), each with its input size and CT windows, and the decision threshold chosen on
-validation. It reads files with `dicom.read_ct` and feeds `dataset.model_input`, the
-preprocessing of training, so a slice is seen at serving exactly as it was in training.
+A `Predictor` holds the model of each member of a candidate (one backbone, or the members of
+the ensemble, whose positive-class probabilities it averages, as evaluation does), each with
+its input size and CT windows, and the decision threshold chosen on validation. It reads
+files with `dicom.read_ct` and feeds `dataset.model_input`, the preprocessing of training, so
+a slice is seen at serving exactly as it was in training. The models run on Keras or on
+onnxruntime (`engines`): only the inference call differs.
 
 A `ServingSpec` is what a Predictor needs besides the model files; `registry` stores it as
 JSON next to them in the registered model.
@@ -29,7 +30,7 @@ from components.data.dicom import MAX_FRAME_PIXELS, CtImage, read_ct
 from components.data.dicom_warnings import quiet_dicom_library
 from components.data.raw_tree import list_files
 from components.data.rejects import DicomRejected, RejectReason
-from components.training.loop import predict
+from components.registry.engines import OnnxModel, engine_of, infer, load_models
 
 if TYPE_CHECKING:
     import keras
@@ -150,23 +151,28 @@ class Predictor:
     def __init__(
         self,
         spec: ServingSpec,
-        models: Sequence[keras.Model],
+        models: Sequence[keras.Model | OnnxModel],
         max_item_bytes: int = MAX_ITEM_BYTES,
         max_frame_pixels: int = MAX_FRAME_PIXELS,
     ) -> None:
         """
         Args:
             spec: members, classes, positive class and thresholds.
-            models: one loaded keras model per member of spec, in the same order.
+            models: one loaded model per member of spec, in the same order: all Keras
+                models or all `OnnxModel`s.
             max_item_bytes: files or byte strings above this size get an error row.
             max_frame_pixels: files whose frames have more Rows x Columns get an error row
                 (`frame_too_large`), their pixels unread; as ingest.max_frame_pixels.
 
         Raises:
-            ValueError: the models do not match the spec (count, input size, outputs).
+            ValueError: the models do not match the spec (count, input size, outputs) or
+                mix engines.
         """
         if len(models) != len(spec.members):
             raise ValueError(f"{len(models)} models for {len(spec.members)} members of the spec")
+        engines = {engine_of(m) for m in models}
+        if len(engines) > 1:
+            raise ValueError(f"the models mix engines {sorted(engines)}; load all on one")
         for member, model in zip(spec.members, models, strict=True):
             size = member.image_size
             if tuple(model.input_shape[1:]) != (size, size, 3):
@@ -181,6 +187,7 @@ class Predictor:
                 )
         self.spec = spec
         self.models = tuple(models)
+        self.engine = engines.pop()
         self.max_item_bytes = max_item_bytes
         self.max_frame_pixels = max_frame_pixels
         self._positive = spec.classes.index(spec.positive_class)
@@ -192,22 +199,27 @@ class Predictor:
         model_files: Sequence[Path],
         max_item_bytes: int = MAX_ITEM_BYTES,
         max_frame_pixels: int = MAX_FRAME_PIXELS,
+        engine: str = "keras",
     ) -> Predictor:
-        """Load each member's `model.keras` and compile its inference once.
+        """Load each member's model on `engine` and run its inference once.
 
         Args:
             spec: the serving spec.
-            model_files: one saved model per member of spec, in the same order.
+            model_files: one saved model per member of spec, in the same order: `model.keras`
+                files for engine keras, ONNX files for engine onnx.
             max_item_bytes: as in the constructor.
             max_frame_pixels: as in the constructor.
+            engine: `keras` or `onnx` (`engines.choose_engine`).
 
         Raises:
+            ModelFileError: a file is missing or cannot be loaded.
             ValueError: the models do not match the spec.
         """
-        from components.training.backbones import load_model
-
         predictor = cls(
-            spec, [load_model(Path(f)) for f in model_files], max_item_bytes, max_frame_pixels
+            spec,
+            load_models(engine, [Path(f) for f in model_files]),
+            max_item_bytes,
+            max_frame_pixels,
         )
         predictor.warm_up()
         return predictor
@@ -236,7 +248,7 @@ class Predictor:
                         for hu in chunk
                     ]
                 )
-                total[start : start + len(chunk)] += predict(model, x)[:, self._positive]
+                total[start : start + len(chunk)] += infer(model, x)[:, self._positive]
         return total / len(self.models)
 
     def predict_sources(

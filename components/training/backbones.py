@@ -27,6 +27,8 @@ from typing import Any, Literal
 import keras
 import numpy as np
 
+from components.training.model_files import ModelFileError
+
 WEIGHTS_MANIFEST = "weights.json"
 DOWNLOAD_TIMEOUT_S = 20.0
 
@@ -492,10 +494,6 @@ def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalizatio
 def custom_objects() -> dict[str, type]:
     """What keras.saving.load_model / mlflow.keras.load_model need for these models."""
     return {"BackbonePreprocess": BackbonePreprocess}
-
-
-class ModelFileError(ValueError):
-    """A saved model that cannot be read: missing, truncated, or not a Keras archive."""
 
 
 def load_model(path: Path) -> keras.Model:
