@@ -196,6 +196,47 @@ def slowest_first(names: Iterable[str]) -> list[str]:
     return sorted(names, key=TRAINING_COST_ORDER.index)
 
 
+# sbatch options that training.slurm sets from its own fields, or that submitit sets itself.
+_SLURM_MANAGED = frozenset({
+    "partition", "account", "gpus-per-task", "gpus", "gpus-per-node", "gres", "cpus-per-task",
+    "mem", "time", "array", "output", "error", "signal", "job-name", "open-mode", "nodes",
+    "ntasks-per-node", "wckey",
+})  # fmt: skip
+
+
+class SlurmConfig(_Frozen):
+    """How training.executor slurm asks for each training task (one backbone, per fold): one
+    task of a job array, requeued at its time limit or on preemption, resumed from its last
+    epoch."""
+
+    partition: str | None = Field(None, min_length=1)  # null: the cluster's default
+    account: str | None = Field(None, min_length=1)  # null: the user's default account
+    gpus_per_task: int = Field(1, ge=0)
+    cpus_per_task: int = Field(8, ge=1)
+    mem_gb: float = Field(32, gt=0)
+    time_min: int = Field(240, ge=1)  # a task's time limit; it is requeued and resumes there
+    max_timeouts: int = Field(3, ge=0)  # how often a task reaching time_min is requeued
+    folder: str = ".slurm"  # batch scripts and logs, on the filesystem the nodes share
+    poll_s: float = Field(10.0, gt=0)  # how often the flow asks Slurm about its tasks
+    options: dict[str, str | int] = Field(default_factory=dict)  # more sbatch options: {qos: high}
+
+    @field_validator("options")
+    @classmethod
+    def _options_unmanaged(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        for key in value:
+            flag = key.replace("_", "-")
+            if flag.startswith("-") or not flag.replace("-", "").isalnum():
+                raise ValueError(
+                    f"{key!r} is not an sbatch option's long name without dashes (qos, say)"
+                )
+            if flag in _SLURM_MANAGED:
+                raise ValueError(
+                    f"{key!r} is set by myelomet: use training.slurm's partition, account, "
+                    "gpus_per_task, cpus_per_task, mem_gb or time_min"
+                )
+        return value
+
+
 # The training params one backbone may set differently from the others.
 PER_BACKBONE = frozenset({
     "image_size", "batch_size", "epochs", "learning_rate", "dropout", "patience", "monitor",
@@ -231,8 +272,9 @@ class TrainingConfig(_Frozen):
     # threads of one training process on a CPU; null = the cores it is lent (fastest, but
     # results then depend on the machine's core count)
     cpu_threads: int | None = Field(None, ge=1)
-    executor: Literal["local", "ray"] = "local"
+    executor: Literal["local", "ray", "slurm"] = "local"
     ray_address: str | None = None
+    slurm: SlurmConfig = SlurmConfig()
     max_parallel: int | None = Field(None, ge=1)
     retries: int = Field(1, ge=0)
     models_out: str = "models"
@@ -310,6 +352,8 @@ class EvaluationConfig(_Frozen):
     gradcam_per_class: int = Field(3, ge=0)
     registered_model: str = "myelomet"
     min_improvement: float = Field(0.0, ge=0)
+    # every registered version also as ONNX, checked against Keras (registry.onnx_export)
+    onnx: bool = True
     reports_out: str = "reports"
 
     @field_validator("select_metric")

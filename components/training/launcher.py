@@ -38,6 +38,11 @@ class BackboneFailed(RuntimeError):
         """True when retrying cannot help (bad params, missing weights or data)."""
         return self.exit_code in PERMANENT_EXIT_CODES
 
+    @property
+    def killed(self) -> bool:
+        """True when a signal ended the process (a scheduler's cancel or requeue, say)."""
+        return self.exit_code < 0
+
 
 def training_command(
     backbone: str,

@@ -360,10 +360,11 @@ def train_phase(
             state.wait += 1
         stop_early = state.wait >= ctx.cfg.training.patience
         state.phase_done = stop_early or state.epoch - state.phase_start >= epochs
-        _save_checkpoint(model, ctx, best=improved)
-        if callback is not None:
+        if callback is not None:  # before the checkpoint commits the epoch: a run stopped in
+            # between trains it again and logs its step again; no step goes missing
             logs = {k: v for k, v in row.items() if k not in ("epoch", "phase")}
             callback.on_epoch_end(state.epoch - 1, logs)
+        _save_checkpoint(model, ctx, best=improved)
         print(progress_line(ctx, row), flush=True)
         log.info(
             "%s %s epoch %d/%d: loss %.4f acc %.3f auc %.3f | val loss %.4f acc %.3f auc %.3f"

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 # it learns (the weights' own checksum is hashed): the rest of the resolved section is in the
 # inputs hash, so a new field retrains until it is listed here.
 _PLACEMENT = frozenset({
-    "backbones", "overrides", "executor", "ray_address", "max_parallel", "retries",
+    "backbones", "overrides", "executor", "ray_address", "slurm", "max_parallel", "retries",
     "models_out", "cache_dir", "compile_cache", "processes_per_gpu", "weights_dir",
     "weights_dir_env", "require_pretrained",
 })  # fmt: skip

@@ -5,7 +5,9 @@ A job is one backbone (per fold with cross-validation). On GPUs the slowest back
 first and each process gets a GPU, or a capped share of one when several fit on a card
 (training.processes_per_gpu); on a CPU params.yaml's order stands (the demo's is tuned for two
 at a time) and they run one at a time unless training.max_parallel says otherwise. With
-training.executor: ray, Ray places the tasks itself, one GPU each where GPUs exist.
+training.executor: ray, Ray places the tasks itself, one GPU each where GPUs exist; with
+training.executor: slurm, Slurm does (training.slurm), and each task's process gets the
+environment of a slot of its own (`slurm_task_env`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from components.config import TrainingConfig, slowest_first
+from components.config import SlurmConfig, TrainingConfig, slowest_first
 from components.training.devices import (
     DevicePool,
     gpu_memory_mb,
@@ -97,3 +99,12 @@ def ray_gpus_per_task(training: TrainingConfig, machine: Machine) -> int:
     """The GPUs to ask Ray for per training task: one where GPUs exist, else none (also
     none for the local executor, which uses a `device_pool`)."""
     return 1 if training.executor == "ray" and machine.gpus else 0
+
+
+def slurm_task_env(slurm: SlurmConfig) -> dict[str, str]:
+    """The environment of one Slurm task's training process, as a device slot of the local
+    pool gives it: Slurm names the task's GPUs (CUDA_VISIBLE_DEVICES), which it has to
+    itself; a task without GPUs hides any, so that no framework probes for them."""
+    if slurm.gpus_per_task:
+        return {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}  # alone on its GPUs, as devices._gpu_slot
+    return {"CUDA_VISIBLE_DEVICES": ""}

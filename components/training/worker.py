@@ -22,6 +22,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -170,6 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         4 input data missing or inconsistent.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if hasattr(signal, "SIGUSR2"):
+        # Slurm's warning before a time limit (or a preemption) is for the task running this
+        # process (components.training.slurm): it requeues, and Slurm then ends this process
+        # with SIGTERM; the epochs finished so far are checkpointed.
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     from components.config import BACKBONES
     from components.training.devices import pin_to_cpus
 
