@@ -48,7 +48,12 @@ def write_tiny_project(root: Path, patients_per_class: int = 10, slices: int = 3
     pd.DataFrame(split, columns=["image_id", "patient", "label", "split"]).to_csv(
         root / "data" / "splits" / "split.csv", index=False
     )
-    params = {"training": {"image_size": 32, "batch_size": 8, "epochs": 1, "weights": "none"}}
+    # No ONNX export at registration (about 10 s a member): the export is tested in
+    # test_onnx_export and through the evaluate flow, which turn it on.
+    params = {
+        "training": {"image_size": 32, "batch_size": 8, "epochs": 1, "weights": "none"},
+        "evaluation": {"onnx": False},
+    }
     (root / "params.yaml").write_text(yaml.safe_dump(params))
 
 

@@ -16,6 +16,7 @@ import math
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -24,6 +25,7 @@ from prefect.artifacts import Artifact
 from components import tracking
 from components.artifacts import STUDY_FILE
 from components.config import load_config
+from components.registry.pyfunc import load_predictor
 from flows.evaluate import ARTIFACT_KEY, evaluate
 from tests.flows.trained_project import TRAINED_BACKBONES, TrainedProject
 from tests.offline_html import assert_offline
@@ -62,6 +64,7 @@ def project(trained_project: TrainedProject, tmp_path_factory: pytest.TempPathFa
         ensemble_top_k=2,
         registered_model=MODEL_NAME,
         min_improvement=0.0,
+        onnx=True,
     )
     return root
 
@@ -221,6 +224,24 @@ def test_the_selected_candidate_is_registered_as_champion_version_1(project, fir
     assert registration.data.tags["mlflow.parentRunId"] == parent
     study_files = {a.path for a in client.list_artifacts(parent, "study")}
     assert {"study/study.html", "study/metrics.json"} <= study_files
+
+
+def test_the_champion_holds_checked_onnx_files_that_answer_as_keras_does(project, first):
+    client = _client(project)
+    version = client.get_model_version(MODEL_NAME, "1")
+    assert version.tags["onnx"] == "yes"
+    assert "validation slices" in version.tags["onnx.check"]
+    members = version.tags["backbones"].split(",")
+    uri = f"models:/{MODEL_NAME}@champion"
+    engines = {e: load_predictor(uri, client.tracking_uri, engine=e) for e in ("keras", "onnx")}
+    assert {e: p.engine for e, p in engines.items()} == {"keras": "keras", "onnx": "onnx"}
+    assert len(engines["onnx"].models) == len(members)
+    rows = pd.read_csv(project / "data" / "processed" / "manifest.csv", dtype=str)
+    hu = [np.load(project / "data" / "processed" / f) for f in rows["file"]]
+    keras_p, onnx_p = (engines[e].predict_hu(hu) for e in ("keras", "onnx"))
+    np.testing.assert_allclose(onnx_p, keras_p, atol=1e-4)
+    threshold = engines["keras"].spec.threshold
+    assert ((onnx_p >= threshold) == (keras_p >= threshold)).all()
 
 
 def test_every_candidate_run_ranks_in_mlflow_by_its_test_metrics(project, first):
