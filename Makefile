@@ -25,7 +25,7 @@ export DVC_SITE_CACHE_DIR ?= $(CACHE)/dvc
 # this one it writes ~/.ray/auth_token.
 export RAY_AUTH_TOKEN_PATH ?= $(CACHE)/ray/auth_token
 
-.PHONY: install lock check-lock demo test lint
+.PHONY: install lock check-lock demo test lint group-server
 
 install: $(VENV)/.installed $(RAY_AUTH_TOKEN_PATH)
 
@@ -62,6 +62,14 @@ check-lock: install
 
 demo: install
 	dvc repro
+
+# A throwaway group MLflow server for trying the group setup (README, "For a group"):
+# PostgreSQL and `mlflow server` with basic auth and proxied artifacts on 127.0.0.1; prints
+# the MLFLOW_TRACKING_* lines to export; Ctrl-C stops it and deletes its data. Needs the
+# Debian package postgresql.
+GROUP_SERVER_PORT ?= 5000
+group-server: install
+	$(BIN)/python -m myelomet.group_server --port $(GROUP_SERVER_PORT)
 
 lint: install
 	ruff check .

@@ -4,6 +4,12 @@ A study is one parent run; each backbone trains in its own process under a child
 `backbone=<name>` whose parent run id is passed in. The store is `tracking.uri` resolved
 against the project root (a relative `sqlite:///mlruns/mlflow.db` becomes an absolute path),
 with artifacts under `tracking.artifacts`; MLFLOW_TRACKING_URI, when set, wins.
+
+A group's tracking server (`http(s)://`, credentials from MLFLOW_TRACKING_USERNAME/PASSWORD)
+keeps the artifacts itself (`mlflow-artifacts:/`), so nothing here records a path of the
+project: dataset sources and the run's source name are relative to it. A server that refuses
+the credentials or a request, or stops answering, is a `tracking_server.TrackingServerError`
+of one line.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import os
 import socket
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +38,7 @@ from mlflow.tracking import MlflowClient
 from components.config import TrackingConfig
 from components.machine import machine_description, machine_tags
 from components.relocation import check_not_moved
+from components.tracking_server import check_server, on_server
 
 if TYPE_CHECKING:
     import keras
@@ -48,6 +56,7 @@ EXPERIMENT_KIND = "custom_model_development"
 OWNER_TAG = "myelomet.owner"
 ENV_URI = "MLFLOW_TRACKING_URI"  # the user's choice of store: it wins over params.yaml
 PARENT_TAG = "mlflow.parentRunId"
+SOURCE_NAME_TAG = "mlflow.source.name"  # MLflow's own: the program, as an absolute path
 RunStatus = Literal["FINISHED", "FAILED", "KILLED"]
 # What MLflow raises (no such run, model or alias; a store that refuses): code outside this
 # module catches it by this name rather than importing MLflow.
@@ -107,12 +116,15 @@ STORE_BUSY_TIMEOUT_S = 5.0
 def check_store(store: Store, thorough: bool = False) -> None:
     """Open a local sqlite store read-only and run sqlite's own check of it: `quick_check`
     (every page read, fast), or with `thorough` `integrity_check` (indexes too, for
-    `myelomet doctor`). A remote store, or a database not created yet, is not checked.
+    `myelomet doctor`). A tracking server is asked whether it answers and takes the
+    credentials (`check_server`); a database not created yet is not checked.
 
     Raises:
         StoreDamaged: the database is corrupt, truncated or not sqlite, or another process
             held a lock on it for STORE_BUSY_TIMEOUT_S.
+        TrackingServerError: the tracking server refused the credentials or did not answer.
     """
+    check_server(store.tracking_uri)
     path = Path(store.tracking_uri.removeprefix("sqlite:///"))
     if path == Path(store.tracking_uri) or not path.is_file():
         return
@@ -155,6 +167,7 @@ def require_run(store: Store, run_id: str) -> None:
         StoreMismatch: no store at a local URI, or no such run in it.
         StoreDamaged: its database is damaged or locked (`check_store`).
         ProjectMoved: the store's artifacts are in another folder (a moved or copied project).
+        TrackingServerError: the tracking server refused or did not answer.
     """
     check_store(store)
     hint = (
@@ -166,7 +179,8 @@ def require_run(store: Store, run_id: str) -> None:
     if database != store.tracking_uri and not Path(database).is_file():
         raise StoreMismatch(hint)
     try:
-        MlflowClient(store.tracking_uri).get_run(run_id)
+        with on_server(store.tracking_uri, f"reading the study run {run_id}"):
+            MlflowClient(store.tracking_uri).get_run(run_id)
     except MlflowException:
         raise StoreMismatch(hint) from None
     check_not_moved(store)
@@ -192,6 +206,8 @@ def connect(store: Store) -> str:
         ValueError: the experiment exists but is deleted.
         StoreDamaged: its database is damaged or locked (`check_store`).
         ProjectMoved: the store's artifacts are in another folder (a moved or copied project).
+        TrackingServerError: the tracking server refused the credentials or a request, or
+            did not answer.
     """
     check_store(store)
     check_not_moved(store)
@@ -199,6 +215,12 @@ def connect(store: Store) -> str:
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     _point_mlflow_at(store.tracking_uri)
+    with on_server(store.tracking_uri, f"opening experiment {store.experiment!r}"):
+        return _experiment_id(store)
+
+
+def _experiment_id(store: Store) -> str:
+    """The experiment's id, created (tagged with its kind) when missing."""
     client = MlflowClient(store.tracking_uri)
     experiment = client.get_experiment_by_name(store.experiment)
     if experiment is None:
@@ -221,6 +243,24 @@ def connect(store: Store) -> str:
     if EXPERIMENT_KIND_TAG not in experiment.tags:
         client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
+
+
+def project_path(path: Path, root: Path | None = None) -> str:
+    """A path as the store keeps it: relative to the project root (the working folder when
+    None), or its name alone outside it, so that no run records where a checkout lies."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to((root or Path.cwd()).resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def source_name(root: Path | None = None) -> str:
+    """The run's source (MLflow's `mlflow.source.name`): this program as `project_path`
+    gives it, where MLflow would record its absolute path."""
+    return project_path(Path(sys.argv[0] or "python"), root)
 
 
 def git_commit(root: Path) -> str | None:
@@ -284,12 +324,30 @@ def start_study(
 
     Returns:
         The parent run id, to pass to `backbone_run` (in any process) and `end_study`.
+
+    Raises:
+        TrackingServerError: the tracking server refused or did not answer; no run opened.
     """
     experiment_id = connect(store)
+    with on_server(store.tracking_uri, "opening the study run"):
+        return _open_study(store, experiment_id, run_name, params, tags, root, owner, datasets)
+
+
+def _open_study(
+    store: Store,
+    experiment_id: str,
+    run_name: str,
+    params: Mapping[str, Any] | None,
+    tags: Mapping[str, str] | None,
+    root: Path | None,
+    owner: str | None,
+    datasets: Sequence[DatasetInput],
+) -> str:
     client = MlflowClient(store.tracking_uri)
     for stale in close_stale_studies(store, experiment_id):
         log.warning("study run %s was left RUNNING by a process that is gone: marked KILLED", stale)
     all_tags = {
+        SOURCE_NAME_TAG: source_name(root),
         KIND_TAG: "study",
         OWNER_TAG: owner or process_identity(),
         **machine_tags(machine_description()),
@@ -370,14 +428,16 @@ def close_stale_studies(store: Store, experiment_id: str) -> list[str]:
 
 def end_study(store: Store, run_id: str, status: RunStatus = "FINISHED") -> None:
     """Close a study's parent run."""
-    MlflowClient(store.tracking_uri).set_terminated(run_id, status)
+    with on_server(store.tracking_uri, f"closing the study run {run_id}"):
+        MlflowClient(store.tracking_uri).set_terminated(run_id, status)
 
 
 def tag_run(store: Store, run_id: str, tags: Mapping[str, Any]) -> None:
     """Set tags on any run (a study's parent run, say) from any process."""
     client = MlflowClient(store.tracking_uri)
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value))
+    with on_server(store.tracking_uri, f"tagging run {run_id}"):
+        for key, value in tags.items():
+            client.set_tag(run_id, key, str(value))
 
 
 def _system_metrics_available() -> bool:
@@ -401,9 +461,12 @@ def outcome_tags(results: Mapping[str, Mapping[str, Any]], failures: Mapping[str
     return tags
 
 
-def dataset_inputs(files: Mapping[str, Path], digest: str) -> list[DatasetInput]:
+def dataset_inputs(
+    files: Mapping[str, Path], digest: str, root: Path | None = None
+) -> list[DatasetInput]:
     """The manifest and split (name -> CSV) as MLflow dataset inputs of the data version
-    `digest`: the runs table's Dataset column. Only their schema and row counts are stored."""
+    `digest`: the runs table's Dataset column. Only their schema and row counts are stored,
+    and as source their paths relative to `root` (`project_path`)."""
     import pandas as pd
     from mlflow.data import from_pandas
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
@@ -411,7 +474,7 @@ def dataset_inputs(files: Mapping[str, Path], digest: str) -> list[DatasetInput]
     return [
         DatasetInput(
             from_pandas(
-                pd.read_csv(path), source=str(path), name=name, digest=digest[:36]
+                pd.read_csv(path), source=project_path(path, root), name=name, digest=digest[:36]
             )._to_mlflow_entity(),
             [InputTag(MLFLOW_DATASET_CONTEXT, "training")],
         )
@@ -433,6 +496,18 @@ def candidate_run(
     reused from an earlier study. A cross-validated candidate (its folds pooled) always has
     a run of its own beside the folds' training runs.
     """
+    with on_server(store.tracking_uri, f"opening the run of candidate {candidate}"):
+        return _candidate_run(store, parent_run_id, candidate, members, datasets, cross_validated)
+
+
+def _candidate_run(
+    store: Store,
+    parent_run_id: str,
+    candidate: str,
+    members: Sequence[str],
+    datasets: Sequence[DatasetInput],
+    cross_validated: bool,
+) -> str:
     client = MlflowClient(store.tracking_uri)
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     own = f" and tags.`{KIND_TAG}` = 'candidate'" if cross_validated else ""
@@ -464,8 +539,9 @@ def log_run_metrics(store: Store, run_id: str, metrics: Mapping[str, float]) -> 
     now = int(time.time() * 1000)
     finite = [Metric(k, float(v), now, 0) for k, v in metrics.items() if math.isfinite(v)]
     client = MlflowClient(store.tracking_uri)
-    for start in range(0, len(finite), 1000):  # MLflow's batch limit
-        client.log_batch(run_id, metrics=finite[start : start + 1000])
+    with on_server(store.tracking_uri, f"logging the metrics of run {run_id}"):
+        for start in range(0, len(finite), 1000):  # MLflow's batch limit
+            client.log_batch(run_id, metrics=finite[start : start + 1000])
 
 
 class BackboneRun:
@@ -529,6 +605,7 @@ class BackboneRun:
             name=name,
             signature=infer_signature(inputs, outputs),
             pip_requirements=list(requirements),
+            tags={SOURCE_NAME_TAG: source_name()},
         )
         return info.model_uri
 
@@ -567,6 +644,7 @@ def backbone_run(
             log.warning("cannot reopen MLflow run %s (%s); starting a new one", run_id, exc)
     if active is None:
         all_tags = {
+            SOURCE_NAME_TAG: source_name(),
             BACKBONE_TAG: backbone,
             KIND_TAG: "backbone",
             **machine_tags(machine_description()),
@@ -578,19 +656,24 @@ def backbone_run(
             # the tag, not start_run(parent_run_id=...), which insists the parent be active
             # in this process' view and fails for a study that has already been closed
             all_tags[PARENT_TAG] = parent_run_id
-        active = mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=backbone if fold is None else f"{backbone} fold {fold}",
-            tags=all_tags,
-            log_system_metrics=log_system,
-        )
+        with on_server(store.tracking_uri, f"opening the run of {backbone}"):
+            active = mlflow.start_run(
+                experiment_id=experiment_id,
+                run_name=backbone if fold is None else f"{backbone} fold {fold}",
+                tags=all_tags,
+                log_system_metrics=log_system,
+            )
     run = BackboneRun(active.info.run_id)
     try:
         yield run
     except BaseException:
-        mlflow.end_run("FAILED")
+        try:
+            mlflow.end_run("FAILED")
+        except MlflowException as exc:  # the server is gone: the next study start closes it
+            log.warning("could not mark run %s FAILED: %s", run.run_id, exc.message[:300])
         raise
-    mlflow.end_run(run.status)
+    with on_server(store.tracking_uri, f"closing the run of {backbone}"):
+        mlflow.end_run(run.status)
 
 
 def log_study_outputs(
@@ -605,11 +688,12 @@ def log_study_outputs(
         metrics: name -> value; non-finite values are left out.
     """
     client = MlflowClient(store.tracking_uri)
-    for path in files:
-        if Path(path).is_dir():
-            client.log_artifacts(run_id, str(path), f"study/{Path(path).name}")
-        else:
-            client.log_artifact(run_id, str(path), "study")
-    for key, value in metrics.items():
-        if value is not None and math.isfinite(float(value)):
-            client.log_metric(run_id, key, float(value))
+    with on_server(store.tracking_uri, f"logging the study's outputs into run {run_id}"):
+        for path in files:
+            if Path(path).is_dir():
+                client.log_artifacts(run_id, str(path), f"study/{Path(path).name}")
+            else:
+                client.log_artifact(run_id, str(path), "study")
+        for key, value in metrics.items():
+            if value is not None and math.isfinite(float(value)):
+                client.log_metric(run_id, key, float(value))

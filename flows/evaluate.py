@@ -54,7 +54,7 @@ def log_candidates(cfg: Config, results: EvaluationResults, parent_run_id: str) 
     store = tracking.resolve_store(cfg.tracking, cfg.root)
     manifest, split = data_paths(cfg)
     datasets = tracking.dataset_inputs(
-        {"manifest": manifest, "split": split}, data_version(manifest, split)
+        {"manifest": manifest, "split": split}, data_version(manifest, split), cfg.root
     )
     log_candidate_runs(store, parent_run_id, results, datasets)
 

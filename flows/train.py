@@ -186,7 +186,7 @@ def start_study(cfg: Config, names: list[str], owner: str) -> str:
         root=cfg.root,
         owner=owner,
         datasets=tracking.dataset_inputs(
-            {"manifest": manifest, "split": split}, data_version(manifest, split)
+            {"manifest": manifest, "split": split}, data_version(manifest, split), cfg.root
         ),
     )
     models = cfg.path(cfg.training.models_out)

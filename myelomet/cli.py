@@ -123,7 +123,16 @@ def _validate(args: argparse.Namespace, cfg: Config) -> int:
     return 0
 
 
+def _check_tracking(cfg: Config) -> None:
+    """Fail in one line, before a flow starts, when the MLflow store is damaged or its
+    tracking server does not answer or refuses the credentials."""
+    from components.tracking import check_store, resolve_store
+
+    check_store(resolve_store(cfg.tracking, cfg.root))
+
+
 def _train(args: argparse.Namespace, cfg: Config) -> int:
+    _check_tracking(cfg)
     _prefect_defaults()
     from flows.train import task_runner, train
 
@@ -141,6 +150,7 @@ def _train(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
+    _check_tracking(cfg)
     _prefect_defaults()
     from flows.evaluate import evaluate
 
@@ -153,6 +163,7 @@ def _evaluate(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _study(args: argparse.Namespace, cfg: Config) -> int:
+    _check_tracking(cfg)
     _prefect_defaults()
     from components.pipeline.stages import StageFailed
     from flows.study import study
@@ -275,9 +286,16 @@ def _delivered(delivery: Delivery, send_to: Sequence[Target]) -> int:
 def _doctor(args: argparse.Namespace, cfg: Config) -> int:
     from components.relocation import check_not_moved, relocate
     from components.tracking import check_store, resolve_store
+    from components.tracking_server import is_server
 
     store = resolve_store(cfg.tracking, cfg.root)
     check_store(store, thorough=True)
+    if is_server(store.tracking_uri):
+        print(
+            f"MLflow server {store.tracking_uri}: answers and takes the credentials; it keeps "
+            "the artifacts itself (mlflow-artifacts:/), so there is nothing to relocate"
+        )
+        return 0
     if args.relocate:
         moved = relocate(store)
         if moved is not None:

@@ -50,7 +50,7 @@ def log_start(run: BackboneRun, cfg: Config, plan: RunPlan, data: TrainingData) 
     from components.tracking import dataset_inputs, git_commit
 
     manifest, split = data_paths(cfg)
-    run.log_inputs(dataset_inputs({"manifest": manifest, "split": split}, plan.version))
+    run.log_inputs(dataset_inputs({"manifest": manifest, "split": split}, plan.version, cfg.root))
 
     run.set_tags(
         {
