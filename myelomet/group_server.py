@@ -389,7 +389,7 @@ def running_mlflow_server(
         _await(server, proc, log)
         yield server
     finally:
-        _stop(proc)
+        stop_process_group(proc)
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -410,8 +410,9 @@ def _await(server: GroupServer, proc: subprocess.Popen, log: Path) -> None:
     raise GroupServerError(f"mlflow server did not answer in {STARTUP_TIMEOUT_S} s:\n{_tail(log)}")
 
 
-def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM the server's process group, SIGKILL it if it does not exit in time."""
+def stop_process_group(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """SIGTERM a server started in a session of its own (its process group), SIGKILL the
+    group if it does not exit in `timeout` seconds."""
     if proc.poll() is not None:
         return
     os.killpg(proc.pid, signal.SIGTERM)

@@ -3,11 +3,11 @@ the end of a log for an error message, and stopping a process group."""
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 from pathlib import Path
+
+from myelomet.group_server import stop_process_group
 
 STOP_TIMEOUT_S = 20
 
@@ -26,11 +26,4 @@ def log_tail(log: Path, chars: int = 4000) -> str:
 
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM the server's process group, SIGKILL it if it does not exit in time."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_process_group(proc, STOP_TIMEOUT_S)
