@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from components.config import Config, InputConfig, TrainingConfig, Window
+from components.config import Config, EvaluationConfig, InputConfig, TrainingConfig, Window
 from components.data.dataset import model_input
 from components.training.backbones import build_model
 from tests.dicom_factory import ct_dataset, expected_hu, stored_pixels
@@ -76,7 +76,7 @@ def write_models_dir(
 
 @dataclass(frozen=True)
 class Candidate:
-    """A candidate to log with `pyfunc.log_candidate` (an evaluation's CandidateResult in
+    """A candidate to log with `candidate_model.log_candidate` (an evaluation's CandidateResult in
     the flow)."""
 
     name: str
@@ -84,12 +84,14 @@ class Candidate:
     thresholds: Mapping[str, float]
 
 
-def models_config(models_dir: Path) -> Config:
+def models_config(models_dir: Path, onnx: bool = False) -> Config:
     """The params of a project whose training output is `models_dir` (`write_models_dir`):
-    CLASSES, POSITIVE and the default input (WINDOWS)."""
+    CLASSES, POSITIVE and the default input (WINDOWS). Without `onnx` a logged candidate gets
+    no ONNX files (the export takes about 10 s a member; the tests of it ask for it)."""
     return Config(
         root=models_dir.parent,
         classes=CLASSES,
         positive_class=POSITIVE,
         training=TrainingConfig(models_out=str(models_dir)),
+        evaluation=EvaluationConfig(onnx=onnx),
     )

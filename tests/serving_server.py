@@ -29,9 +29,10 @@ CHAMPION_THRESHOLD = 0.4
 STARTUP_TIMEOUT_S = 120
 
 
-def register_tiny_champion(root: Path, experiment: str = "serve-test") -> str:
+def register_tiny_champion(root: Path, experiment: str = "serve-test", onnx: bool = False) -> str:
     """Log tests.model_factory's tiny model and register it as CHAMPION (slice threshold
-    CHAMPION_THRESHOLD) in a new SQLite store under `root`, whatever MLFLOW_TRACKING_URI says.
+    CHAMPION_THRESHOLD) in a new SQLite store under `root`, whatever MLFLOW_TRACKING_URI says;
+    with `onnx`, exported to ONNX and checked as registration does.
 
     Returns:
         The store's tracking URI, for the server's MLFLOW_TRACKING_URI.
@@ -43,7 +44,7 @@ def register_tiny_champion(root: Path, experiment: str = "serve-test") -> str:
     models_dir = write_models_dir(root, tiny_model())
     study = tracking.start_study(store, "serve")
     candidate = Candidate(BACKBONE, (BACKBONE,), {"slice": CHAMPION_THRESHOLD})
-    logged = candidate_model.log_candidate(store, study, candidate, models_config(models_dir))
+    logged = candidate_model.log_candidate(store, study, candidate, models_config(models_dir, onnx))
     promotion.register_and_promote(
         store, logged.model_uri, "myelomet", logged.tags, "patient_auc", 0.8, None, 0.0
     )

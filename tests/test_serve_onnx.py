@@ -100,7 +100,7 @@ def _server(command: list[str | Path], ping: str, env: Mapping[str, str], log: P
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory) -> str:
     """The tracking URI of a SQLite store whose champion is the tiny model, ONNX included."""
-    return register_tiny_champion(tmp_path_factory.mktemp("champion"))
+    return register_tiny_champion(tmp_path_factory.mktemp("champion"), onnx=True)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.config import Config, EvaluationConfig, TrainingConfig
+from components import tracking
+from components.config import Config
 from components.data.dataset import model_input
 from components.registered_models import download_model
 from components.registry.candidate_model import log_candidate
@@ -38,6 +39,7 @@ from tests.model_factory import (
     SIZE,
     WINDOWS,
     Candidate,
+    models_config,
     tiny_model,
     write_models_dir,
 )
@@ -80,17 +82,6 @@ def _gap(p: np.ndarray) -> float:
     ordered = np.sort(p)
     widest = int(np.argmax(np.diff(ordered)))
     return float(ordered[widest : widest + 2].mean())
-
-
-def _config(models_dir: Path, onnx: bool) -> Config:
-    """`model_factory.models_config` with params evaluation.onnx set."""
-    return Config(
-        root=models_dir.parent,
-        classes=CLASSES,
-        positive_class=POSITIVE,
-        training=TrainingConfig(models_out=str(models_dir)),
-        evaluation=EvaluationConfig(onnx=onnx),
-    )
 
 
 def _artifacts(model_folder: Path) -> dict[str, Path]:
@@ -210,14 +201,22 @@ def test_a_model_that_cannot_be_exported_is_named_in_one_line(seven_exports):
 @pytest.fixture(scope="module")
 def fold_candidate(store, study, tmp_path_factory):
     """Two fold models of one backbone (different weights) logged as a cross-validated
-    candidate: the cfg, the logged candidate and its downloaded files."""
+    candidate: the cfg, the logged candidate and its downloaded files. The tests below that
+    log a candidate of the same name do so in a study of their own (`other_study`): in the
+    same study it would be the same run, and its tags this one's."""
     root = tmp_path_factory.mktemp("folds")
     for seed, member in enumerate(FOLDS, start=1):
         models_dir = write_models_dir(root, tiny_model(seed), backbone=member)
-    cfg = _config(models_dir, onnx=True)
+    cfg = models_config(models_dir, onnx=True)
     candidate = Candidate(BACKBONE, FOLDS, THRESHOLDS)
     logged = log_candidate(store, study, candidate, cfg, data_version="dv-all")
     return cfg, logged, Path(download_model(logged.model_uri, store.tracking_uri))
+
+
+@pytest.fixture
+def other_study(store, request):
+    """A study of the test's own."""
+    return tracking.start_study(store, request.node.name)
 
 
 @pytest.mark.slow
@@ -246,7 +245,7 @@ def test_a_logged_candidate_holds_a_checked_onnx_file_for_every_member(store, fo
 
 @pytest.mark.slow
 def test_a_wrong_onnx_file_is_refused_in_one_line_and_the_version_gets_none(
-    store, study, fold_candidate
+    store, other_study, fold_candidate
 ):
     cfg, _, folder = fold_candidate
     artifacts = _artifacts(folder)
@@ -255,7 +254,7 @@ def test_a_wrong_onnx_file_is_refused_in_one_line_and_the_version_gets_none(
 
     logged = log_candidate(
         store,
-        study,
+        other_study,
         Candidate(BACKBONE, FOLDS, THRESHOLDS),
         cfg,
         data_version="dv-all",
@@ -294,11 +293,11 @@ def test_a_label_that_differs_at_the_threshold_is_refused(fold_candidate):
 
 
 def test_with_onnx_off_a_candidate_is_logged_without_onnx_and_the_tag_says_so(
-    store, study, tmp_path
+    store, other_study, tmp_path
 ):
-    cfg = _config(write_models_dir(tmp_path, tiny_model()), onnx=False)
+    cfg = models_config(write_models_dir(tmp_path, tiny_model()), onnx=False)
 
-    logged = log_candidate(store, study, Candidate(BACKBONE, (BACKBONE,), THRESHOLDS), cfg)
+    logged = log_candidate(store, other_study, Candidate(BACKBONE, (BACKBONE,), THRESHOLDS), cfg)
 
     assert logged.tags[ONNX_TAG] == "no: not exported (params evaluation.onnx is false)"
     artifacts = _artifacts(Path(download_model(logged.model_uri, store.tracking_uri)))

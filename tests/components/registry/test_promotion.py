@@ -218,7 +218,7 @@ def _set_data_version(root: Path, version: str) -> None:
 
 def test_register_selected_logs_registers_and_rescores_a_champion_of_other_data(project):
     root, predictions = project
-    cfg = Config(root=root, evaluation=EvaluationConfig(n_bootstrap=10))
+    cfg = Config(root=root, evaluation=EvaluationConfig(n_bootstrap=10, onnx=False))
     results = score_candidates(
         {BACKBONE: predictions},
         CLASSES,

@@ -238,7 +238,7 @@ def test_predict_prints_a_line_for_each_file_good_or_bad(logged, ct_files, param
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch is installed")
-def test_a_keras_backend_that_is_not_installed_is_one_line(ct_files, params):
+def test_a_keras_backend_that_is_not_installed_is_one_line(logged, ct_files, params):
     result = subprocess.run(
         [
             sys.executable,
@@ -247,6 +247,8 @@ def test_a_keras_backend_that_is_not_installed_is_one_line(ct_files, params):
             "--params",
             str(params),
             "predict",
+            "--model",
+            logged.model_uri,
             str(ct_files[0]),
         ],
         env=project_env({"KERAS_BACKEND": "torch"}),
