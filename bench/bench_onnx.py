@@ -31,21 +31,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import tracking  # noqa: E402
-from components.config import (  # noqa: E402
-    BACKBONES,
-    Config,
-    EvaluationConfig,
-    TrackingConfig,
-    TrainingConfig,
-)
-from components.registry import candidate_model, promotion  # noqa: E402
-from components.training.backbones import build_model  # noqa: E402
+from bench.random_champion import register_random_champion  # noqa: E402
+from components.config import BACKBONES  # noqa: E402
 from tests.dicom_factory import stored_pixels, write_plain  # noqa: E402
-from tests.model_factory import Candidate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-NAME = "myelomet"
 ENGINES = ("keras", "onnx")
 
 # Run in a fresh interpreter per engine: imports, load, first answer, then batches.
@@ -96,44 +86,6 @@ def _serve_venv(folder: Path) -> Path:
         if found.returncode == 0:
             raise RuntimeError(f"the serve install has {module}; it should not")
     return python
-
-
-def _write_member(models_dir: Path, member: str, backbone: str, size: int) -> None:
-    folder = models_dir / member
-    folder.mkdir(parents=True)
-    build_model(backbone, size, "none").save(folder / "model.keras")
-    metrics = {"image_size": size, "data_version": "bench", "weights": "random"}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-
-
-def _register(root: Path, name: str, members: dict[str, str], size: int, folds: bool) -> str:
-    """Write, log (with the ONNX export and check) and register a candidate as `name`;
-    return its models:/ URI."""
-    models_dir = root / "models"
-    for member, backbone in members.items():
-        _write_member(models_dir, member, backbone, size)
-    cfg = Config(
-        root=root,
-        training=TrainingConfig(models_out=str(models_dir)),
-        evaluation=EvaluationConfig(onnx=True),
-    )
-    store = tracking.resolve_store(TrackingConfig(experiment="bench"), root)
-    started = time.perf_counter()
-    logged = candidate_model.log_candidate(
-        store,
-        tracking.start_study(store, "bench"),
-        Candidate(name, tuple(members), {"slice": 0.5, "patient": 0.5}),
-        cfg,
-        data_version="bench" if folds else None,
-    )
-    print(
-        f"  logged {name} ({len(members)} models) with onnx={logged.tags['onnx']!r} "
-        f"in {time.perf_counter() - started:.0f} s"
-    )
-    outcome = promotion.register_and_promote(
-        store, logged.model_uri, name, logged.tags, "patient_auc", 0.5, None, 0.0
-    )
-    return f"models:/{name}/{outcome.version}"
 
 
 def _timed(env: dict[str, str], uri: str, engine: str, slices: list[Path], n: int) -> dict:
@@ -196,12 +148,13 @@ def main() -> None:
             "tensorflow, jax or keras"
         )
 
-        single = _register(
-            root / "single", "single", {args.backbone: args.backbone}, args.size, folds=False
+        single = register_random_champion(
+            root / "single", "single", {args.backbone: args.backbone}, args.size, onnx=True
         )
         members = {f"fold-{f}/{b}": b for f in range(args.folds) for b in args.members.split(",")}
-        ensemble = _register(root / "folds", "folds", members, args.size, folds=True)
-
+        ensemble = register_random_champion(
+            root / "folds", "folds", members, args.size, onnx=True, folds=True
+        )
         slices = [
             write_plain(root / "slices" / f"{i}.dcm", pixels=stored_pixels(512, 512, seed=i)).path
             for i in range(args.batch)
@@ -210,15 +163,13 @@ def main() -> None:
         patient.mkdir()
         for i in range(args.slices):
             shutil.copy(slices[i], patient / f"{i}.dcm")
-        env = {
-            **os.environ,
-            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'single' / 'mlruns' / 'mlflow.db'}",
-        }
-        for label, uri, store in (
-            (f"{args.backbone}", single, root / "single"),
-            (f"fold ensemble ({len(members)} models)", ensemble, root / "folds"),
+        env = dict(os.environ)
+        for label, name, tracking_uri in (
+            (args.backbone, "single", single),
+            (f"fold ensemble ({len(members)} models)", "folds", ensemble),
         ):
-            env["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlruns' / 'mlflow.db'}"
+            env["MLFLOW_TRACKING_URI"] = tracking_uri
+            uri = f"models:/{name}@champion"
             got = {e: _timed(env, uri, e, slices, args.n) for e in ENGINES}
             _line(f"{label}: load + first answer", got["keras"]["first_s"], got["onnx"]["first_s"])
             _line(
@@ -227,7 +178,7 @@ def main() -> None:
                 got["onnx"]["batch_p50_s"],
             )
         print(f"predict --per series, one patient of {args.slices} slices, fold ensemble:")
-        walls = {e: _predict_command(env, ensemble, e, patient) for e in ENGINES}
+        walls = {e: _predict_command(env, "models:/folds@champion", e, patient) for e in ENGINES}
         _line("predict --per series (whole command)", walls["keras"], walls["onnx"])
 
 

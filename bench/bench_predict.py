@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import os
 import sys
 import tempfile
@@ -35,36 +34,13 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import tracking  # noqa: E402
-from components.config import BACKBONES, Config, TrackingConfig  # noqa: E402
-from components.registry import candidate_model, promotion  # noqa: E402
-from components.training.backbones import build_model  # noqa: E402
+from bench.random_champion import register_random_champion  # noqa: E402
+from components.config import BACKBONES  # noqa: E402
 from tests.dicom_factory import stored_pixels, write_plain  # noqa: E402
-from tests.model_factory import Candidate  # noqa: E402
 from tests.serving_server import mlflow_model_server  # noqa: E402
 
 NAME = "myelomet"
 STARTUP_TIMEOUT_S = 180
-
-
-def _register(root: Path, backbone: str, size: int) -> str:
-    """Build, log and register the model; return the tracking URI of the store."""
-    folder = root / "models" / backbone
-    folder.mkdir(parents=True)
-    build_model(backbone, size, "none").save(folder / "model.keras")
-    metrics = {"image_size": size, "data_version": "bench", "weights": "random"}
-    (folder / "metrics.json").write_text(json.dumps(metrics))
-    store = tracking.resolve_store(TrackingConfig(experiment="bench"), root)
-    logged = candidate_model.log_candidate(
-        store,
-        tracking.start_study(store, "bench"),
-        Candidate(backbone, (backbone,), {"slice": 0.5}),
-        Config(root=root),
-    )
-    promotion.register_and_promote(
-        store, logged.model_uri, NAME, logged.tags, "patient_auc", 0.5, None, 0.0
-    )
-    return store.tracking_uri
 
 
 def _percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -132,7 +108,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench_predict_") as tmp:
         root = Path(tmp)
-        tracking_uri = _register(root, args.backbone, args.size)
+        tracking_uri = register_random_champion(
+            root, NAME, {args.backbone: args.backbone}, args.size, onnx=False
+        )
         data = write_plain(root / "slice.dcm", pixels=stored_pixels(512, 512)).path.read_bytes()
 
         in_process = _in_process(tracking_uri, data, args.n)

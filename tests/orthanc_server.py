@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.processes import free_port, log_tail, stop
+from tests.processes import await_answer, free_port, stop
 
 PACKAGES = "orthanc orthanc-dicomweb"
 INSTALL = f"apt-get install {PACKAGES}"
@@ -66,6 +65,11 @@ class Orthanc:
     def dimse_url(self) -> str:
         """The source as `myelomet pull --source` takes it: `dimse://AET@HOST:PORT`."""
         return f"dimse://{self.aet}@{self.host}:{self.dicom_port}"
+
+    def answers(self) -> bool:
+        """Whether its DICOMweb answers a search for studies."""
+        reply = requests.get(f"{self.dicomweb_url}/studies", auth=self.auth, timeout=2)
+        return reply.status_code in (200, 204)
 
     def upload(self, paths: Iterable[Path]) -> list[str]:
         """Store each DICOM file by `POST /instances`; return the Orthanc instance IDs."""
@@ -199,26 +203,11 @@ def running_orthanc(folder: Path, users: dict[str, str] | None = None) -> Iterat
             start_new_session=True,
         )
     try:
-        _await(server, proc, log)
+        await_answer("Orthanc", proc, log, server.answers, STARTUP_TIMEOUT_S, pause_s=0.1)
         yield server
     finally:
         stop(proc)
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _await(server: Orthanc, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"Orthanc exited with code {proc.returncode}:\n{log_tail(log)}")
-        try:
-            reply = requests.get(f"{server.dicomweb_url}/studies", auth=server.auth, timeout=2)
-            if reply.status_code in (200, 204):
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"Orthanc did not answer in {STARTUP_TIMEOUT_S} s:\n{log_tail(log)}")
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from tests.model_factory import (
     tiny_model,
     write_models_dir,
 )
-from tests.processes import free_port, log_tail, stop
+from tests.processes import await_answer, free_port, stop
 from tests.tool_env import project_env
 
 CHAMPION = "models:/myelomet@champion"
@@ -95,23 +94,13 @@ def mlflow_model_server(
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until_up(url, proc, log, startup_timeout_s)
+        await_answer(
+            "mlflow models serve",
+            proc,
+            log,
+            lambda: requests.get(f"{url}/ping", timeout=2).status_code == 200,
+            startup_timeout_s,
+        )
         yield url
     finally:
         stop(proc)
-
-
-def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"mlflow models serve exited with {proc.returncode}:\n{log_tail(log)}"
-            )
-        try:
-            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
-                return
-        except (requests.ConnectionError, requests.Timeout):
-            pass  # not listening yet, or busy loading the model
-        time.sleep(0.5)
-    raise RuntimeError(f"mlflow models serve: no /ping within {timeout_s:g} s:\n{log_tail(log)}")

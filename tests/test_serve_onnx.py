@@ -28,7 +28,7 @@ from components.registry.engines import ENGINE_ENV
 from components.registry.onnx_export import ONNX_TAG
 from components.registry.pyfunc import load_predictor
 from tests.dicom_factory import write_ct_files
-from tests.processes import free_port, log_tail, stop
+from tests.processes import await_answer, free_port, stop
 from tests.serving_server import CHAMPION, register_tiny_champion
 
 pytestmark = pytest.mark.slow
@@ -80,18 +80,13 @@ def _server(command: list[str | Path], ping: str, env: Mapping[str, str], log: P
             start_new_session=True,
         )
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{command[:3]} exited with {proc.returncode}:\n{log_tail(log)}")
-            try:
-                if requests.get(ping, timeout=2).status_code == 200:
-                    break
-            except (requests.ConnectionError, requests.Timeout):
-                pass  # not listening yet
-            time.sleep(0.5)
-        else:
-            raise RuntimeError(f"{command[:3]}: no answer at {ping}:\n{log_tail(log)}")
+        await_answer(
+            " ".join(map(str, command[:3])),
+            proc,
+            log,
+            lambda: requests.get(ping, timeout=2).status_code == 200,
+            STARTUP_TIMEOUT_S,
+        )
         yield
     finally:
         stop(proc)
