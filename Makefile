@@ -79,13 +79,18 @@ lint: install
 # The whole suite on TensorFlow (the default backend), then its backend-agnostic subset on JAX,
 # each in a random order (pytest-randomly), so a test that passes only after another fails.
 # The seed is printed; `make test SEED=<n>` repeats an order. CI also checks the lock.
+# Tests run in one worker per core, up to 4 (pytest-xdist, `make test WORKERS=0` for none):
+# a module's tests, the flow tests and the group's services each stay on one worker
+# (tests/conftest.py, `--dist loadgroup`).
+WORKERS ?= auto
+PARALLEL := $(if $(filter 0,$(WORKERS)),,-n $(WORKERS) --maxprocesses 4 --dist loadgroup)
 ifndef SEED
 SEED := $(shell od -An -N2 -tu2 /dev/urandom | tr -d ' ')
 endif
 RANDOM_ORDER := -p randomly --randomly-seed=$(SEED)
 test: lint $(if $(CI),check-lock)
 	@echo "test order: --randomly-seed=$(SEED) (make test SEED=$(SEED) repeats it)"
-	pytest -q $(RANDOM_ORDER) --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; \
+	pytest -q $(RANDOM_ORDER) $(PARALLEL) --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; \
 	  [ $$rc -eq 0 ] || exit $$rc; \
-	  KERAS_BACKEND=jax pytest -q $(RANDOM_ORDER) -m backends; rc=$$?; \
+	  KERAS_BACKEND=jax pytest -q $(RANDOM_ORDER) $(PARALLEL) -m backends; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "no JAX tests collected"; rc=0; fi; exit $$rc

@@ -127,6 +127,7 @@ def test_an_array_of_two_backbones_resumes_requeued_tasks_from_their_last_epoch(
     assert len(interrupted) == 2, (interrupted, slurm_cluster.logs())
     assert outcome["failures"] == {}
     tasks = {name: _task(project, name) for name in BACKBONES}
+    resumed = {}
     assert tasks["MobileNet"].job_id.split("_")[0] == tasks["MobileNetV2"].job_id.split("_")[0]
     for name in BACKBONES:
         result = outcome["results"][name]
@@ -134,17 +135,22 @@ def test_an_array_of_two_backbones_resumes_requeued_tasks_from_their_last_epoch(
         assert result["slurm_job"] == tasks[name].job_id
         assert result["epochs_run"] == EPOCHS
         assert (project / "models" / name / "model.keras").is_file()
-        assert _resumed_from(tasks[name].paths.stdout.read_text()) >= 1
+        resumed[name] = _resumed_from(tasks[name].paths.stdout.read_text())
+        assert resumed[name] >= 1
     store = tracking.resolve_store(load_config(project / "params.yaml").tracking, project)
     client = MlflowClient(store.tracking_uri)
     parent = client.get_run(outcome["parent_run_id"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["requeued_backbones"] == ",".join(BACKBONES)
-    for name in BACKBONES:  # one child run per backbone, every epoch logged once
+    for name in BACKBONES:  # one child run per backbone, every epoch logged
         child = client.get_run(outcome["results"][name]["run_id"])
         assert child.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
-        assert sorted(steps) == list(range(1, EPOCHS + 1))
+        assert sorted(set(steps)) == list(range(1, EPOCHS + 1))
+        # The epoch in flight when the task stopped may have logged its metrics before its
+        # checkpoint committed it: that one epoch ran, and is logged, twice. No other.
+        again = sorted({step for step in steps if steps.count(step) > 1})
+        assert again in ([], [resumed[name] + 1]) and len(steps) <= EPOCHS + 1, steps
 
 
 def test_a_failing_task_is_submitted_again_then_reported_per_backbone(project: Path):

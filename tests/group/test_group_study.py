@@ -1,7 +1,7 @@
 """A study against the group's MLflow server (PostgreSQL, basic auth, proxied artifacts),
 run as a researcher runs it: `myelomet train` and `myelomet evaluate` in a tiny project with
 only MLFLOW_TRACKING_URI/USERNAME/PASSWORD set. The champion is registered on the server,
-`mlflow.search_runs` ranks the candidates there, and a second checkout that never trained
+a search of the runs ranks the candidates there, and a second checkout that never trained
 predicts with `models:/<model>@champion` and serves it with `mlflow models serve`. Then the
 server's database is read directly: no text column holds the path of either checkout.
 """
@@ -14,7 +14,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import psycopg
 import pytest
 import requests
@@ -106,15 +105,21 @@ def test_the_study_registers_a_champion_on_the_server(as_admin, study):
 def test_search_runs_through_the_server_ranks_the_candidates(as_admin, study):
     parent = json.loads((study.root / "models" / "study.json").read_text())["parent_run_id"]
 
-    runs = mlflow.search_runs(
-        experiment_names=[study.experiment],
+    # A client of the server's, not mlflow.search_runs: that asks MLflow's global tracking
+    # URI, which a test run before in this process may have set to its own store.
+    client = MlflowClient(as_admin.uri)
+    experiment = client.get_experiment_by_name(study.experiment)
+    runs = client.search_runs(
+        [experiment.experiment_id],
         filter_string=f"tags.`{tracking.PARENT_TAG}` = '{parent}' "
         "and metrics.test_patient_auc >= 0",
         order_by=["metrics.test_patient_auc DESC"],
     )
 
-    assert sorted(runs[f"tags.{tracking.BACKBONE_TAG}"]) == sorted((*BACKBONES, "ensemble"))
-    aucs = list(runs["metrics.test_patient_auc"])
+    assert sorted(r.data.tags[tracking.BACKBONE_TAG] for r in runs) == sorted(
+        (*BACKBONES, "ensemble")
+    )
+    aucs = [r.data.metrics["test_patient_auc"] for r in runs]
     assert aucs == sorted(aucs, reverse=True)
 
 
