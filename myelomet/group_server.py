@@ -126,6 +126,19 @@ class Postgres:
         return dataclasses.replace(self, database=name)
 
 
+def _system_tool(name: str) -> str:
+    """An administration program (useradd, runuser, ...) by its full path: on the PATH, else
+    in /usr/sbin or /sbin, which a root shell with a base PATH (`/usr/bin:/bin`) lacks.
+
+    Raises:
+        GroupServerError: it is not installed.
+    """
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if found is None:
+        raise GroupServerError(f"`{name}` is not installed (Debian: passwd, util-linux)")
+    return found
+
+
 @contextlib.contextmanager
 def _system_user() -> Iterator[str | None]:
     """As root, a throwaway system user to run PostgreSQL as (removed at the end); None,
@@ -135,11 +148,11 @@ def _system_user() -> Iterator[str | None]:
         return
     name = f"myelomet-pg-{secrets.token_hex(4)}"
     nologin = shutil.which("nologin", path="/usr/sbin:/sbin") or "/bin/false"
-    _run(["useradd", "--system", "--no-create-home", "--shell", nologin, name])
+    _run([_system_tool("useradd"), "--system", "--no-create-home", "--shell", nologin, name])
     try:
         yield name
     finally:
-        subprocess.run(["userdel", name], capture_output=True, check=False)
+        subprocess.run([_system_tool("userdel"), name], capture_output=True, check=False)
 
 
 def _run(
@@ -150,7 +163,7 @@ def _run(
 ) -> None:
     """Run a set-up command (as `user` through runuser); its output, and the end of `log`,
     in the error."""
-    full = ["runuser", "-u", user, "--", *command] if user else list(command)
+    full = [_system_tool("runuser"), "-u", user, "--", *command] if user else list(command)
     done = subprocess.run(full, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         output = " ".join((done.stderr or done.stdout).split())[-600:]

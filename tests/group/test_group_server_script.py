@@ -1,6 +1,8 @@
 """`python -m myelomet.group_server` (`make group-server`): a throwaway group server in the
 foreground that prints what to export, answers with those credentials, and on Ctrl-C stops
-and deletes what it made: its folders and, as root, the system user PostgreSQL ran as."""
+and deletes what it made: its folders and, as root, the system user PostgreSQL ran as. It
+runs with the base PATH of a newcomer's shell (`/usr/bin:/bin`, no sbin folders), as
+`env -i ... make group-server` does."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import requests
 
 from myelomet.group_server import missing_postgres
 from tests.processes import free_port, stop
-from tests.tool_env import project_env
+from tests.tool_env import SCRIPTS, project_env
 
 pytestmark = [pytest.mark.group, pytest.mark.slow]
 
@@ -36,7 +38,7 @@ def test_the_script_prints_working_exports_and_cleans_up_on_ctrl_c(tmp_path):
     with log.open("w") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "myelomet.group_server", "--port", str(free_port())],
-            env=project_env(drop_prefixes=("MLFLOW_",)),
+            env=project_env({"PATH": f"{SCRIPTS}:/usr/bin:/bin"}, drop_prefixes=("MLFLOW_",)),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
